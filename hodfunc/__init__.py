@@ -1,0 +1,56 @@
+"""hodfunc: derivatives of any order in PyTorch, built on ``torch.func``.
+
+>>> import torch, hodfunc
+>>> hodfunc.derivatives(lambda x: 2 * x**3, order=4)(torch.tensor(-2.0))
+tensor([-16.,  24., -24.,  12.,   0.])
+"""
+
+from ._batched import batched as batched
+from ._derivative import derivative as derivative
+from ._derivative import derivative_tensor as derivative_tensor
+from ._derivative import derivatives as derivatives
+from ._derivative import directional_derivative as directional_derivative
+from ._derivative import laplacian as laplacian
+from ._derivative import partial as partial
+from ._engine import Method as Method
+from ._errors import ArgumentError as ArgumentError
+from ._errors import ArgumentTypeError as ArgumentTypeError
+from ._errors import FallbackWarning as FallbackWarning
+from ._errors import HodfuncError as HodfuncError
+from ._errors import HodfuncWarning as HodfuncWarning
+from ._errors import NonFunctionalModuleError as NonFunctionalModuleError
+from ._errors import PiecewiseLinearWarning as PiecewiseLinearWarning
+from ._errors import PrecisionWarning as PrecisionWarning
+from ._errors import ShapeError as ShapeError
+from ._errors import UnsupportedOperationError as UnsupportedOperationError
+from ._jacobian import hessian as hessian
+from ._jacobian import hvp as hvp
+from ._jacobian import jacobian as jacobian
+from ._per_sample import per_sample_grads as per_sample_grads
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
+    "FallbackWarning",
+    "HodfuncError",
+    "HodfuncWarning",
+    "Method",
+    "NonFunctionalModuleError",
+    "PiecewiseLinearWarning",
+    "PrecisionWarning",
+    "ShapeError",
+    "UnsupportedOperationError",
+    "batched",
+    "derivative",
+    "derivative_tensor",
+    "derivatives",
+    "directional_derivative",
+    "hessian",
+    "hvp",
+    "jacobian",
+    "laplacian",
+    "partial",
+    "per_sample_grads",
+]

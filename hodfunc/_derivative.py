@@ -1,0 +1,222 @@
+"""Derivatives of any order: ``derivative``, ``derivatives``, ``partial``, ``directional_derivative``,
+``laplacian`` (all dispatched on ``method=``) and ``derivative_tensor``.
+
+Each transform validates its options when it is built and returns a function with the wrapped
+function's signature, which composes with ``torch.func.vmap``, ``torch.func.grad`` and the other
+transforms.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ParamSpec
+
+import torch
+from torch import Tensor
+from torch.func import jacfwd
+from typing_extensions import TypeVarTuple, Unpack
+
+from . import _engines as _engines
+from ._call import Call
+from ._engine import Method, resolve
+from ._validate import (
+    check_argnums,
+    check_order,
+    check_same_shape,
+    check_scalar_arg,
+    check_wrt,
+    check_wrt_range,
+    warn_precision,
+)
+
+P = ParamSpec("P")
+Ts = TypeVarTuple("Ts")
+
+
+def derivative(
+    f: Callable[P, Tensor], order: int = 1, *, argnums: int = 0, method: Method = "auto"
+) -> Callable[P, Tensor]:
+    """The ``order``-th derivative of ``f`` with respect to a 0-d tensor argument.
+
+    ``derivative(f, k)(x) = d^k f / dx^k``; ``f`` may return any shape and the result has that shape.
+    ``order=0`` gives the value.
+
+    Args:
+        f: function of one or more arguments returning a tensor.
+        order: the derivative's order, an int >= 0.
+        argnums: which positional argument to differentiate; it must be a 0-d floating tensor.
+        method: ``"auto"`` or ``"nested"`` (``torch.func.jvp`` nested ``order`` times).
+
+    Returns:
+        A function with ``f``'s signature returning the derivative.
+
+    Raises:
+        ArgumentError: bad ``order``/``argnums``/``method``, or a non-0-d argument (``ShapeError``).
+
+    Example:
+        >>> import torch, hodfunc
+        >>> d2 = hodfunc.derivative(lambda x: 2 * x**3, order=2)
+        >>> d2(torch.tensor(-2.0))
+        tensor(-24.)
+    """
+    api = "hodfunc.derivative"
+    check_order(api, order)
+    check_argnums(api, argnums)
+    engine = resolve(api, method)
+
+    @functools.wraps(f)
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> Tensor:
+        call = Call.bind(api, f, args, kwargs, argnums)
+        check_scalar_arg(api, call.x)
+        warn_precision(api, call.x, order)
+        return engine.jet(call, torch.ones_like(call.x), order)[order]
+
+    return wrapped
+
+
+def derivatives(
+    f: Callable[P, Tensor], order: int, *, argnums: int = 0, method: Method = "auto"
+) -> Callable[P, Tensor]:
+    """All derivatives of orders ``0..order`` of ``f`` at a 0-d argument, stacked.
+
+    The result has shape ``(order + 1, *out_shape)``; entry ``k`` is ``d^k f / dx^k``. The orders
+    share their work: one nest (or one Taylor pass) yields them all.
+
+    Example:
+        >>> import torch, hodfunc
+        >>> hodfunc.derivatives(lambda x: 2 * x**3, order=4)(torch.tensor(-2.0))
+        tensor([-16.,  24., -24.,  12.,   0.])
+    """
+    api = "hodfunc.derivatives"
+    check_order(api, order)
+    check_argnums(api, argnums)
+    engine = resolve(api, method)
+
+    @functools.wraps(f)
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> Tensor:
+        call = Call.bind(api, f, args, kwargs, argnums)
+        check_scalar_arg(api, call.x)
+        warn_precision(api, call.x, order)
+        return engine.jet(call, torch.ones_like(call.x), order)
+
+    return wrapped
+
+
+def partial(
+    f: Callable[P, Tensor],
+    wrt: tuple[int, ...] | list[int],
+    *,
+    argnums: int = 0,
+    method: Method = "auto",
+) -> Callable[P, Tensor]:
+    """A mixed partial derivative; ``wrt`` lists flat indices into the argument.
+
+    ``partial(f, wrt=(0, 0, 2))(x) = d^3 f / dx_0^2 dx_2`` where ``x_i = x.flatten()[i]``. An empty
+    ``wrt`` gives the value.
+
+    Example:
+        >>> import torch, hodfunc
+        >>> f = lambda x: x[0] ** 2 * x[1] ** 3
+        >>> hodfunc.partial(f, wrt=(0, 1, 1))(torch.tensor([1.0, 2.0]))
+        tensor(24.)
+    """
+    api = "hodfunc.partial"
+    indices = check_wrt(api, wrt)
+    check_argnums(api, argnums)
+    engine = resolve(api, method)
+
+    @functools.wraps(f)
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> Tensor:
+        call = Call.bind(api, f, args, kwargs, argnums)
+        check_wrt_range(api, indices, call.x)
+        warn_precision(api, call.x, len(indices))
+        return engine.partial(call, indices)
+
+    return wrapped
+
+
+def directional_derivative(
+    f: Callable[[Unpack[Ts]], Tensor], order: int, *, argnums: int = 0, method: Method = "auto"
+) -> Callable[[Unpack[Ts], Tensor], Tensor]:
+    """``g(*args, v) = d^k/dt^k f(x + t v)`` at ``t = 0``, where ``x = args[argnums]``.
+
+    ``v`` has the shape of ``x``. For ``order=1`` this is the Jacobian-vector product; for ``order=2``
+    it is ``v^T H v``.
+
+    Example:
+        >>> import torch, hodfunc
+        >>> g = hodfunc.directional_derivative(lambda x: (x**3).sum(), order=2)
+        >>> g(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 1.0]))
+        tensor(18.)
+    """
+    api = "hodfunc.directional_derivative"
+    check_order(api, order)
+    check_argnums(api, argnums)
+    engine = resolve(api, method)
+
+    @functools.wraps(f)
+    def wrapped(*args_and_v: object) -> Tensor:
+        *args, v = args_and_v
+        call = Call.bind(api, f, tuple(args), {}, argnums)
+        direction = check_same_shape(api, "the direction v", v, call.x)
+        warn_precision(api, call.x, order)
+        return engine.jet(call, direction.to(call.x.dtype), order)[order]
+
+    return wrapped
+
+
+def laplacian(
+    f: Callable[P, Tensor], *, argnums: int = 0, method: Method = "auto"
+) -> Callable[P, Tensor]:
+    """The Laplacian ``sum_i d^2 f / dx_i^2`` over every coordinate of the argument.
+
+    ``f`` may return any shape; the Laplacian is taken elementwise and has that shape.
+
+    Example:
+        >>> import torch, hodfunc
+        >>> lap = hodfunc.laplacian(lambda x: (x**2).sum() + x[0] * x[1])
+        >>> lap(torch.tensor([1.0, 2.0, 3.0]))
+        tensor(6.)
+    """
+    api = "hodfunc.laplacian"
+    check_argnums(api, argnums)
+    engine = resolve(api, method)
+
+    @functools.wraps(f)
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> Tensor:
+        call = Call.bind(api, f, args, kwargs, argnums)
+        warn_precision(api, call.x, 2)
+        return engine.laplacian(call)
+
+    return wrapped
+
+
+def derivative_tensor(f: Callable[P, Tensor], order: int, *, argnums: int = 0) -> Callable[P, Tensor]:
+    """The full ``order``-th derivative tensor, of shape ``out_shape + in_shape * order``.
+
+    Entry ``[o, i1, ..., ik]`` is ``d^k f_o / dx_i1 ... dx_ik``; order 1 is the Jacobian, order 2 the
+    Hessian. Built by nesting ``torch.func.jacfwd`` ``order`` times.
+
+    Example:
+        >>> import torch, hodfunc
+        >>> t3 = hodfunc.derivative_tensor(lambda x: x[0] ** 2 * x[1], order=3)
+        >>> t3(torch.tensor([1.0, 2.0])).shape
+        torch.Size([2, 2, 2])
+        >>> t3(torch.tensor([1.0, 2.0]))[0, 0, 1]
+        tensor(2.)
+    """
+    api = "hodfunc.derivative_tensor"
+    check_order(api, order, fix="For the Jacobian use order=1, for the Hessian order=2.")
+    check_argnums(api, argnums)
+
+    @functools.wraps(f)
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> Tensor:
+        call = Call.bind(api, f, args, kwargs, argnums)
+        warn_precision(api, call.x, order)
+        g: Callable[[Tensor], Tensor] = call.at
+        for _ in range(order):
+            g = jacfwd(g)
+        return g(call.x)
+
+    return wrapped

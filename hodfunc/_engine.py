@@ -1,0 +1,60 @@
+"""The ``method=`` dispatch: each method is an ``Engine`` registered under its name.
+
+A transform resolves its method once, when it is built, and gets a fresh engine instance that may
+keep per-transform state (caches, warn-once flags). A new method registers a factory here; no
+transform changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, Protocol, get_args
+
+from torch import Tensor
+
+from ._call import Call
+from ._errors import ArgumentError, message
+
+Method = Literal["auto", "nested"]
+"""The derivative methods: ``"nested"`` composes torch.func transforms; ``"auto"`` picks the best."""
+
+METHODS: tuple[str, ...] = get_args(Method)
+
+
+class Engine(Protocol):
+    """How one method computes the primitive quantities every public transform is built from."""
+
+    def jet(self, call: Call, v: Tensor, order: int) -> Tensor:
+        """``d^k/dt^k f(x + t v)`` at ``t = 0`` for ``k = 0..order``, stacked on a new leading dim."""
+        ...
+
+    def partial(self, call: Call, wrt: tuple[int, ...]) -> Tensor:
+        """The mixed partial ``d^n f / dx[wrt[0]] ... dx[wrt[n-1]]`` (flat indices into ``x``)."""
+        ...
+
+    def laplacian(self, call: Call) -> Tensor:
+        """``sum_i d^2 f / dx_i^2`` over every coordinate of ``x``."""
+        ...
+
+
+EngineFactory = Callable[[], Engine]
+_REGISTRY: dict[str, EngineFactory] = {}
+
+
+def register(name: str, factory: EngineFactory) -> None:
+    """Make ``method=name`` available to every transform."""
+    _REGISTRY[name] = factory
+
+
+def resolve(api: str, method: object) -> Engine:
+    """Return a fresh engine for ``method`` or raise naming the accepted methods."""
+    if not isinstance(method, str) or method not in _REGISTRY:
+        raise ArgumentError(
+            message(
+                api,
+                f"method must be one of {sorted(_REGISTRY)}",
+                repr(method),
+                'Use method="auto" unless you need a specific one.',
+            )
+        )
+    return _REGISTRY[method]()

@@ -1,0 +1,9 @@
+"""Registers the built-in methods with the dispatch in ``_engine``."""
+
+from __future__ import annotations
+
+from ._engine import register
+from ._nested import NestedEngine
+
+register("nested", NestedEngine)
+register("auto", NestedEngine)

@@ -1,0 +1,79 @@
+"""The ``"nested"`` method: derivatives by composing ``torch.func.jvp`` and ``vmap``.
+
+Forward mode fits the quantities here: every primitive is a derivative along a direction of the
+single free argument, so nesting ``jvp`` needs no scalar output and keeps the output's shape. The
+cost doubles with each order; that is the baseline the Taylor engine is measured against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.func import jvp, vmap
+
+from ._call import Call
+
+Fn = Callable[[Tensor], Tensor]
+
+
+def jet_fn(g: Fn, v: Tensor, order: int) -> Fn:
+    """Return ``x -> stack([d^k/dt^k g(x + t v) at t=0 for k in 0..order])``.
+
+    Each level is one ``jvp`` of the level below; its primal output already holds the lower orders,
+    so all orders come out of one nest.
+    """
+    if order == 0:
+        return lambda x: g(x).unsqueeze(0)
+    inner = jet_fn(g, v, order - 1)
+
+    def level(x: Tensor) -> Tensor:
+        lower, tangent = jvp(inner, (x,), (v,))
+        return torch.cat([lower, tangent[-1:]])
+
+    return level
+
+
+def unit(x: Tensor, index: int) -> Tensor:
+    """The basis vector ``e_index`` shaped like ``x``."""
+    e = torch.zeros(x.numel(), dtype=x.dtype, device=x.device)
+    e[index] = 1
+    return e.reshape(x.shape)
+
+
+def basis(x: Tensor) -> Tensor:
+    """All basis vectors of ``x``'s space, stacked: shape ``(x.numel(), *x.shape)``."""
+    n = x.numel()
+    return torch.eye(n, dtype=x.dtype, device=x.device).reshape(n, *x.shape)
+
+
+def partial_fn(g: Fn, x: Tensor, wrt: tuple[int, ...]) -> Fn:
+    """Return ``x -> d^n g / dx[wrt[0]] ... dx[wrt[-1]]`` as nested ``jvp`` along basis vectors."""
+    if not wrt:
+        return g
+    inner = partial_fn(g, x, wrt[:-1])
+    e = unit(x, wrt[-1])
+
+    def level(y: Tensor) -> Tensor:
+        return jvp(inner, (y,), (e,))[1]
+
+    return level
+
+
+class NestedEngine:
+    """Nested ``torch.func`` forward mode: exact, general, exponential in the order."""
+
+    def jet(self, call: Call, v: Tensor, order: int) -> Tensor:
+        return jet_fn(call.at, v, order)(call.x)
+
+    def partial(self, call: Call, wrt: tuple[int, ...]) -> Tensor:
+        return partial_fn(call.at, call.x, wrt)(call.x)
+
+    def laplacian(self, call: Call) -> Tensor:
+        x = call.x
+
+        def second(e: Tensor) -> Tensor:
+            return jet_fn(call.at, e, 2)(x)[2]
+
+        return vmap(second)(basis(x)).sum(0)

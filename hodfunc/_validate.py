@@ -1,0 +1,194 @@
+"""Checks run when a transform is built or called. Each raises a typed error via ``message``."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ._errors import ArgumentError, ArgumentTypeError, PrecisionWarning, ShapeError, message
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def check_order(api: str, order: object, *, fix: str = "For a gradient use order=1.") -> int:
+    """Return ``order`` if it is an int >= 0 (bools are refused)."""
+    if isinstance(order, bool) or not isinstance(order, int):
+        raise ArgumentTypeError(
+            message(api, "order must be an int >= 0", f"{order!r} of type {type(order).__name__}", fix)
+        )
+    if order < 0:
+        raise ArgumentError(message(api, "order must be an int >= 0", order, fix))
+    return order
+
+
+def check_argnums(api: str, argnums: object) -> int:
+    """Return ``argnums`` if it is an int; its range is checked once the call's arguments are known."""
+    if isinstance(argnums, bool) or not isinstance(argnums, int):
+        raise ArgumentTypeError(
+            message(
+                api,
+                "argnums must be a single int naming the positional argument to differentiate",
+                repr(argnums),
+                "Differentiate one argument at a time, for example argnums=0.",
+            )
+        )
+    return argnums
+
+
+def check_chunk_size(api: str, chunk_size: object) -> int | None:
+    """Return ``chunk_size`` if it is None or an int >= 1."""
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ArgumentError(
+            message(api, "chunk_size must be None or an int >= 1", repr(chunk_size), "Use e.g. 1024.")
+        )
+    return chunk_size
+
+
+def check_wrt(api: str, wrt: object) -> tuple[int, ...]:
+    """Return ``wrt`` as a tuple of ints >= 0; the upper bound is checked at call time."""
+    if isinstance(wrt, (int, Tensor)) or not isinstance(wrt, Sequence):
+        raise ArgumentTypeError(
+            message(
+                api,
+                "wrt must be a sequence of flat indices into the argument",
+                repr(wrt),
+                "For d3f/dx0^2 dx2 write wrt=(0, 0, 2).",
+            )
+        )
+    out: list[int] = []
+    for i in wrt:
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise ArgumentError(
+                message(api, "every index in wrt must be an int >= 0", repr(tuple(wrt)), "")
+            )
+        out.append(i)
+    return tuple(out)
+
+
+def check_wrt_range(api: str, wrt: tuple[int, ...], x: Tensor) -> None:
+    """Raise unless every index in ``wrt`` is a flat index into ``x``."""
+    n = x.numel()
+    bad = [i for i in wrt if i >= n]
+    if bad:
+        raise ArgumentError(
+            message(
+                api,
+                f"wrt indices must be flat indices below x.numel() = {n} (x has shape "
+                f"{tuple(x.shape)})",
+                f"wrt={wrt}",
+                f"Use indices in range(0, {n}); x.flatten()[i] is coordinate i.",
+            )
+        )
+
+
+def select_arg(api: str, args: Sequence[object], argnums: int) -> tuple[int, Tensor]:
+    """Normalise ``argnums`` against ``args`` and return it with the differentiable tensor."""
+    n = len(args)
+    if not -n <= argnums < n:
+        raise ArgumentError(
+            message(
+                api,
+                f"argnums must index the {n} positional argument(s) the function was called with",
+                f"argnums={argnums}",
+                "Pass the argument to differentiate positionally and point argnums at it.",
+            )
+        )
+    index = argnums % n
+    x = args[index]
+    check_float_tensor(api, x, f"argument {index}")
+    assert isinstance(x, Tensor)
+    return index, x
+
+
+def check_float_tensor(api: str, x: object, what: str) -> None:
+    """Raise unless ``x`` is a floating-point tensor."""
+    if not isinstance(x, Tensor):
+        raise ArgumentTypeError(
+            message(api, f"{what} must be a torch.Tensor", type(x).__name__, "Wrap it: torch.tensor(x).")
+        )
+    if not x.is_floating_point():
+        raise ArgumentTypeError(
+            message(
+                api,
+                f"{what} must have a floating dtype to be differentiated",
+                x.dtype,
+                "Convert it first, e.g. x.double() or x.float().",
+            )
+        )
+
+
+def check_output(api: str, out: object) -> Tensor:
+    """Return ``out`` if the user's function returned a tensor."""
+    if not isinstance(out, Tensor):
+        raise ArgumentTypeError(
+            message(
+                api,
+                "the function must return a torch.Tensor",
+                f"a {type(out).__name__}",
+                "Return a tensor (use torch.stack for several values; no .item()).",
+            )
+        )
+    return out
+
+
+def check_scalar_arg(api: str, x: Tensor) -> None:
+    """Raise unless ``x`` is 0-d."""
+    if x.dim() != 0:
+        raise ShapeError(
+            message(
+                api,
+                "the argument must be a 0-d tensor (a scalar)",
+                f"shape {tuple(x.shape)}",
+                "For a vector argument use hodfunc.partial, hodfunc.derivative_tensor or "
+                "hodfunc.directional_derivative; for many points use torch.func.vmap or hodfunc.batched.",
+            )
+        )
+
+
+def check_scalar_output(api: str, out: Tensor) -> None:
+    """Raise unless the function's output is a single number."""
+    if out.numel() != 1:
+        raise ShapeError(
+            message(
+                api,
+                "the function must return a single number",
+                f"an output of shape {tuple(out.shape)}",
+                "Reduce it (e.g. .sum()) or use hodfunc.jacobian.",
+            )
+        )
+
+
+def check_same_shape(api: str, what: str, v: object, x: Tensor) -> Tensor:
+    """Return ``v`` if it is a tensor with the shape of ``x``."""
+    if not isinstance(v, Tensor):
+        raise ArgumentTypeError(message(api, f"{what} must be a torch.Tensor", type(v).__name__))
+    if v.shape != x.shape:
+        raise ShapeError(
+            message(
+                api,
+                f"{what} must have the shape of the differentiated argument {tuple(x.shape)}",
+                f"shape {tuple(v.shape)}",
+                "Pass one direction per point; batch several with torch.func.vmap.",
+            )
+        )
+    return v
+
+
+def warn_precision(api: str, x: Tensor, order: int) -> None:
+    """Warn when a half-precision input meets a derivative of order >= 2."""
+    if order >= 2 and x.dtype in _LOW_PRECISION:
+        warnings.warn(
+            message(
+                api,
+                f"derivatives of order >= 2 in {x.dtype} lose most of their digits",
+                f"order={order}",
+                "Compute in float32 or float64 and cast the result.",
+            ),
+            PrecisionWarning,
+            stacklevel=3,
+        )
