@@ -8,7 +8,7 @@ transform changes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, Protocol, get_args
+from typing import Literal, Protocol
 
 from torch import Tensor
 
@@ -17,8 +17,6 @@ from ._errors import ArgumentError, message
 
 Method = Literal["auto", "nested"]
 """The derivative methods: ``"nested"`` composes torch.func transforms; ``"auto"`` picks the best."""
-
-METHODS: tuple[str, ...] = get_args(Method)
 
 
 class Engine(Protocol):
@@ -44,6 +42,11 @@ _REGISTRY: dict[str, EngineFactory] = {}
 def register(name: str, factory: EngineFactory) -> None:
     """Make ``method=name`` available to every transform."""
     _REGISTRY[name] = factory
+
+
+def available_methods() -> tuple[str, ...]:
+    """The names ``method=`` accepts now, in registration order."""
+    return tuple(_REGISTRY)
 
 
 def resolve(api: str, method: object) -> Engine:
