@@ -48,7 +48,7 @@ class _PlainBar:
         print(f"hodfunc.batched: {self.done}/{self.total} points", file=sys.stderr)
 
 
-def _dims(api: str, in_dims: int | None | Sequence[int | None], nargs: int) -> list[int | None]:
+def _dims(api: str, in_dims: int | Sequence[int | None] | None, nargs: int) -> list[int | None]:
     if in_dims is None or isinstance(in_dims, int):
         return [in_dims] * nargs
     dims = list(in_dims)
@@ -71,22 +71,36 @@ def _batch_size(api: str, args: tuple[object, ...], dims: list[int | None]) -> i
             continue
         if not isinstance(a, Tensor):
             raise ArgumentTypeError(
-                message(api, f"argument {i} is batched (in_dims {d}) but is not a tensor",
-                        type(a).__name__, "Give it in_dims=None.")
+                message(
+                    api,
+                    f"argument {i} is batched (in_dims {d}) but is not a tensor",
+                    type(a).__name__,
+                    "Give it in_dims=None.",
+                )
             )
         if not -a.dim() <= d < max(a.dim(), 1) or a.dim() == 0:
             raise ShapeError(
-                message(api, f"in_dims={d} must name a dimension of argument {i}",
-                        f"shape {tuple(a.shape)}", "")
+                message(
+                    api,
+                    f"in_dims={d} must name a dimension of argument {i}",
+                    f"shape {tuple(a.shape)}",
+                    "",
+                )
             )
         sizes[i] = a.shape[d]
     if not sizes:
-        raise ArgumentError(message(api, "at least one argument must be batched", "in_dims all None"))
+        raise ArgumentError(
+            message(api, "at least one argument must be batched", "in_dims all None")
+        )
     if len(set(sizes.values())) != 1:
         shown = ", ".join(f"argument {i}: {n}" for i, n in sizes.items())
         raise ShapeError(
-            message(api, "every batched argument must have the same batch size", shown,
-                    "Slice or repeat the inputs so their batch dimensions agree.")
+            message(
+                api,
+                "every batched argument must have the same batch size",
+                shown,
+                "Slice or repeat the inputs so their batch dimensions agree.",
+            )
         )
     size = next(iter(sizes.values()))
     if size == 0:
@@ -103,7 +117,7 @@ def _narrow(a: object, dim: int | None, start: int, length: int) -> object:
 def batched(
     fn: Callable[P, Tensor],
     *,
-    in_dims: int | None | Sequence[int | None] = 0,
+    in_dims: int | Sequence[int | None] | None = 0,
     chunk_size: int | None = None,
     progress: bool = False,
 ) -> Callable[P, Tensor]:
@@ -127,7 +141,7 @@ def batched(
         dims = _dims(api, in_dims, len(args))
         total = _batch_size(api, args, dims)
         step = total if chunk is None else chunk
-        mapped = vmap(fn, in_dims=tuple(dims))
+        mapped: Callable[..., object] = vmap(fn, in_dims=tuple(dims))
         pieces: list[Tensor] = []
         with _progress(progress, total) as bar:
             for start in range(0, total, step):

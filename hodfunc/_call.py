@@ -1,4 +1,4 @@
-"""``Call``: one call of a user's function, seen as a function of the single argument being differentiated."""
+"""``Call``: one call of a user's function, as a function of one argument."""
 
 from __future__ import annotations
 
@@ -45,5 +45,5 @@ class Call:
 
     def at(self, x: Tensor) -> Tensor:
         """Evaluate the function with the free argument replaced by ``x``."""
-        args = self.args[: self.argnum] + (x,) + self.args[self.argnum + 1 :]
+        args = (*self.args[: self.argnum], x, *self.args[self.argnum + 1 :])
         return check_output(self.api, self.fn(*args, **self.kwargs))

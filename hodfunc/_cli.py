@@ -16,7 +16,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "demo",
         help="replay the seed documents' examples: printed vs functional vs imperative",
-        description="Replay every example of the seed documents and compare the values they printed "
+        description="Replay every example of the seed documents and compare the values they "
+        "printed "
         "with hodfunc's functional and imperative results, with a verdict for each.",
     )
     return parser

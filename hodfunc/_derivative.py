@@ -1,5 +1,5 @@
-"""Derivatives of any order: ``derivative``, ``derivatives``, ``partial``, ``directional_derivative``,
-``laplacian`` (all dispatched on ``method=``) and ``derivative_tensor``.
+"""Derivatives of any order: ``derivative``, ``derivatives``, ``partial``,
+``directional_derivative``, ``laplacian`` (all dispatched on ``method=``) and ``derivative_tensor``.
 
 Each transform validates its options when it is built and returns a function with the wrapped
 function's signature, which composes with ``torch.func.vmap``, ``torch.func.grad`` and the other
@@ -39,7 +39,7 @@ def derivative(
 ) -> Callable[P, Tensor]:
     """The ``order``-th derivative of ``f`` with respect to a 0-d tensor argument.
 
-    ``derivative(f, k)(x) = d^k f / dx^k``; ``f`` may return any shape and the result has that shape.
+    ``derivative(f, k)(x) = d^k f / dx^k``; ``f`` may return any shape, and so does the result.
     ``order=0`` gives the value.
 
     Args:
@@ -141,8 +141,8 @@ def directional_derivative(
 ) -> Callable[[Unpack[Ts], Tensor], Tensor]:
     """``g(*args, v) = d^k/dt^k f(x + t v)`` at ``t = 0``, where ``x = args[argnums]``.
 
-    ``v`` has the shape of ``x``. For ``order=1`` this is the Jacobian-vector product; for ``order=2``
-    it is ``v^T H v``.
+    ``v`` has the shape of ``x``. For ``order=1`` this is the Jacobian-vector product; for
+    ``order=2`` it is ``v^T H v``.
 
     Example:
         >>> import torch, hodfunc
@@ -192,11 +192,13 @@ def laplacian(
     return wrapped
 
 
-def derivative_tensor(f: Callable[P, Tensor], order: int, *, argnums: int = 0) -> Callable[P, Tensor]:
+def derivative_tensor(
+    f: Callable[P, Tensor], order: int, *, argnums: int = 0
+) -> Callable[P, Tensor]:
     """The full ``order``-th derivative tensor, of shape ``out_shape + in_shape * order``.
 
-    Entry ``[o, i1, ..., ik]`` is ``d^k f_o / dx_i1 ... dx_ik``; order 1 is the Jacobian, order 2 the
-    Hessian. Built by nesting ``torch.func.jacfwd`` ``order`` times.
+    Entry ``[o, i1, ..., ik]`` is ``d^k f_o / dx_i1 ... dx_ik``; order 1 is the Jacobian, order 2
+    the Hessian. Built by nesting ``torch.func.jacfwd`` ``order`` times.
 
     Example:
         >>> import torch, hodfunc

@@ -16,14 +16,14 @@ from ._call import Call
 from ._errors import ArgumentError, message
 
 Method = Literal["auto", "nested"]
-"""The derivative methods: ``"nested"`` composes torch.func transforms; ``"auto"`` picks the best."""
+"""The derivative methods: ``"nested"`` composes torch.func transforms; ``"auto"`` picks."""
 
 
 class Engine(Protocol):
     """How one method computes the primitive quantities every public transform is built from."""
 
     def jet(self, call: Call, v: Tensor, order: int) -> Tensor:
-        """``d^k/dt^k f(x + t v)`` at ``t = 0`` for ``k = 0..order``, stacked on a new leading dim."""
+        """``d^k/dt^k f(x + t v)`` at ``t = 0`` for ``k = 0..order``, stacked on dim 0."""
         ...
 
     def partial(self, call: Call, wrt: tuple[int, ...]) -> Tensor:

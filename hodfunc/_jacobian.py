@@ -76,7 +76,8 @@ def hessian(
         jac = jacrev(call.at)
 
         def column(e: Tensor) -> Tensor:
-            return jvp(jac, (x,), (e,))[1]
+            tangent: Tensor = jvp(jac, (x,), (e,))[1]
+            return tangent
 
         columns = vmap(column, chunk_size=chunk)(basis(x))  # (n, *out, *in)
         return columns.movedim(0, -1).reshape(*columns.shape[1:], *x.shape)
@@ -87,7 +88,7 @@ def hessian(
 def hvp(
     f: Callable[[Unpack[Ts]], Tensor], *, argnums: int = 0
 ) -> Callable[[Unpack[Ts], Tensor], Tensor]:
-    """``g(*args, v) = H v``, the Hessian-vector product of a scalar function, without forming ``H``.
+    """``g(*args, v) = H v``, the Hessian-vector product of a scalar function, never forming ``H``.
 
     Forward over reverse (``jvp`` of ``grad``): about the cost of two gradients.
 

@@ -29,7 +29,7 @@ def jet_fn(g: Fn, v: Tensor, order: int) -> Fn:
     inner = jet_fn(g, v, order - 1)
 
     def level(x: Tensor) -> Tensor:
-        lower, tangent = jvp(inner, (x,), (v,))
+        lower, tangent = jvp(inner, (x,), (v,))[:2]
         return torch.cat([lower, tangent[-1:]])
 
     return level
@@ -56,7 +56,8 @@ def partial_fn(g: Fn, x: Tensor, wrt: tuple[int, ...]) -> Fn:
     e = unit(x, wrt[-1])
 
     def level(y: Tensor) -> Tensor:
-        return jvp(inner, (y,), (e,))[1]
+        tangent: Tensor = jvp(inner, (y,), (e,))[1]
+        return tangent
 
     return level
 

@@ -34,21 +34,31 @@ def check_batch(api: str, batch: tuple[Tensor, ...]) -> int:
     """Return the common batch size of ``batch``'s tensors, or raise naming every size."""
     if not batch:
         raise ArgumentError(
-            message(api, "pass the batch: per_sample_grads(model, loss_fn, inputs, targets, ...)",
-                    "no batch tensors")
+            message(
+                api,
+                "pass the batch: per_sample_grads(model, loss_fn, inputs, targets, ...)",
+                "no batch tensors",
+            )
         )
     sizes = []
     for i, b in enumerate(batch):
         if not isinstance(b, Tensor) or b.dim() == 0:
             raise ShapeError(
-                message(api, f"batch tensor {i} must be a tensor with a leading batch dimension",
-                        repr(b) if not isinstance(b, Tensor) else "a 0-d tensor")
+                message(
+                    api,
+                    f"batch tensor {i} must be a tensor with a leading batch dimension",
+                    repr(b) if not isinstance(b, Tensor) else "a 0-d tensor",
+                )
             )
         sizes.append(b.shape[0])
     if len(set(sizes)) != 1:
         raise ShapeError(
-            message(api, "every batch tensor must have the same leading batch size", sizes,
-                    "Check that inputs and targets come from the same batch.")
+            message(
+                api,
+                "every batch tensor must have the same leading batch size",
+                sizes,
+                "Check that inputs and targets come from the same batch.",
+            )
         )
     return sizes[0]
 
@@ -99,8 +109,12 @@ def per_sample_grads(
         loss = check_output(api, loss_fn(out, *one[1:]))
         if loss.numel() != 1:
             raise ShapeError(
-                message(api, "loss_fn must return a single number per sample",
-                        f"shape {tuple(loss.shape)}", "Use reduction='sum' or 'mean'.")
+                message(
+                    api,
+                    "loss_fn must return a single number per sample",
+                    f"shape {tuple(loss.shape)}",
+                    "Use reduction='sum' or 'mean'.",
+                )
             )
         return loss.reshape(())
 

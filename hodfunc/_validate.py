@@ -17,7 +17,9 @@ def check_order(api: str, order: object, *, fix: str = "For a gradient use order
     """Return ``order`` if it is an int >= 0 (bools are refused)."""
     if isinstance(order, bool) or not isinstance(order, int):
         raise ArgumentTypeError(
-            message(api, "order must be an int >= 0", f"{order!r} of type {type(order).__name__}", fix)
+            message(
+                api, "order must be an int >= 0", f"{order!r} of type {type(order).__name__}", fix
+            )
         )
     if order < 0:
         raise ArgumentError(message(api, "order must be an int >= 0", order, fix))
@@ -25,7 +27,7 @@ def check_order(api: str, order: object, *, fix: str = "For a gradient use order
 
 
 def check_argnums(api: str, argnums: object) -> int:
-    """Return ``argnums`` if it is an int; its range is checked once the call's arguments are known."""
+    """Return ``argnums`` if it is an int; its range is checked once the arguments are known."""
     if isinstance(argnums, bool) or not isinstance(argnums, int):
         raise ArgumentTypeError(
             message(
@@ -44,7 +46,9 @@ def check_chunk_size(api: str, chunk_size: object) -> int | None:
         return None
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ArgumentError(
-            message(api, "chunk_size must be None or an int >= 1", repr(chunk_size), "Use e.g. 1024.")
+            message(
+                api, "chunk_size must be None or an int >= 1", repr(chunk_size), "Use e.g. 1024."
+            )
         )
     return chunk_size
 
@@ -109,7 +113,9 @@ def check_float_tensor(api: str, x: object, what: str) -> None:
     """Raise unless ``x`` is a floating-point tensor."""
     if not isinstance(x, Tensor):
         raise ArgumentTypeError(
-            message(api, f"{what} must be a torch.Tensor", type(x).__name__, "Wrap it: torch.tensor(x).")
+            message(
+                api, f"{what} must be a torch.Tensor", type(x).__name__, "Wrap it: torch.tensor(x)."
+            )
         )
     if not x.is_floating_point():
         raise ArgumentTypeError(
@@ -145,7 +151,8 @@ def check_scalar_arg(api: str, x: Tensor) -> None:
                 "the argument must be a 0-d tensor (a scalar)",
                 f"shape {tuple(x.shape)}",
                 "For a vector argument use hodfunc.partial, hodfunc.derivative_tensor or "
-                "hodfunc.directional_derivative; for many points use torch.func.vmap or hodfunc.batched.",
+                "hodfunc.directional_derivative; for many points use torch.func.vmap or "
+                "hodfunc.batched.",
             )
         )
 

@@ -43,16 +43,23 @@ P = ParamSpec("P")
 
 
 @contextmanager
-def _private_leaf(api: str, args: tuple[object, ...], argnums: int) -> Iterator[tuple[Tensor, tuple[object, ...]]]:
+def _private_leaf(
+    api: str, args: tuple[object, ...], argnums: int
+) -> Iterator[tuple[Tensor, tuple[object, ...]]]:
     """Yield a private leaf clone of the differentiated argument and the argument tuple using it."""
     index, x = select_arg(api, args, argnums)
     leaf = x.detach().clone().requires_grad_(True)
     with torch.enable_grad(), torch.random.fork_rng(devices=[]):
-        yield leaf, args[:index] + (leaf,) + args[index + 1 :]
+        yield leaf, (*args[:index], leaf, *args[index + 1 :])
+
+
+def backward(y: Tensor, *, retain_graph: bool = False, create_graph: bool = False) -> None:
+    """``y.backward(...)``, typed: torch leaves ``Tensor.backward`` unannotated."""
+    y.backward(retain_graph=retain_graph, create_graph=create_graph)  # type: ignore[no-untyped-call]
 
 
 def _grad(y: Tensor, x: Tensor) -> Tensor:
-    """``dy/dx`` with the graph kept for the next order; zeros when ``y`` does not depend on ``x``."""
+    """``dy/dx`` with the graph kept for the next order; zeros if ``y`` does not depend on ``x``."""
     if not y.requires_grad:
         return torch.zeros_like(x)
     (g,) = torch.autograd.grad(y, x, create_graph=True, allow_unused=True)
@@ -64,7 +71,7 @@ def _backward_read(y: Tensor, x: Tensor) -> Tensor:
     x.grad = None
     if not y.requires_grad:
         return torch.zeros_like(x)
-    y.backward(retain_graph=True)
+    backward(y, retain_graph=True)
     g = torch.zeros_like(x) if x.grad is None else x.grad.detach().clone()
     x.grad = None
     return g
@@ -79,17 +86,19 @@ def _elementwise(step: Callable[[Tensor, Tensor], Tensor], y: Tensor, x: Tensor)
 
 
 def derivatives(f: Callable[P, Tensor], order: int, *, argnums: int = 0) -> Callable[P, Tensor]:
-    """Imperative twin of ``hodfunc.derivatives``: orders ``0..order`` stacked, shape ``(order+1, *out)``."""
+    """Twin of ``hodfunc.derivatives``: orders ``0..order``, shape ``(order+1, *out)``."""
     api = "hodfunc.imperative.derivatives"
     check_order(api, order)
     check_argnums(api, argnums)
+
+    fn: Callable[..., object] = f
 
     @functools.wraps(f)
     def wrapped(*args: P.args, **kwargs: P.kwargs) -> Tensor:
         with _private_leaf(api, args, argnums) as (x, call_args):
             check_scalar_arg(api, x)
             warn_precision(api, x, order)
-            y = check_output(api, f(*call_args, **kwargs))
+            y = check_output(api, fn(*call_args, **kwargs))
             out = [y.detach()]
             for k in range(1, order + 1):
                 step = _backward_read if k == order else _grad
@@ -122,17 +131,19 @@ def derivative(f: Callable[P, Tensor], order: int = 1, *, argnums: int = 0) -> C
 def partial(
     f: Callable[P, Tensor], wrt: tuple[int, ...] | list[int], *, argnums: int = 0
 ) -> Callable[P, Tensor]:
-    """Imperative twin of ``hodfunc.partial``: one ``autograd.grad`` per index, then ``.backward()``."""
+    """Imperative twin of ``hodfunc.partial``: ``autograd.grad`` per index, then ``.backward()``."""
     api = "hodfunc.imperative.partial"
     indices = check_wrt(api, wrt)
     check_argnums(api, argnums)
+
+    fn: Callable[..., object] = f
 
     @functools.wraps(f)
     def wrapped(*args: P.args, **kwargs: P.kwargs) -> Tensor:
         with _private_leaf(api, args, argnums) as (x, call_args):
             check_wrt_range(api, indices, x)
             warn_precision(api, x, len(indices))
-            y = check_output(api, f(*call_args, **kwargs))
+            y = check_output(api, fn(*call_args, **kwargs))
             for k, i in enumerate(indices):
                 step = _backward_read if k == len(indices) - 1 else _grad
                 y = _elementwise(step, y, x).reshape(*y.shape, -1)[..., i]
@@ -144,7 +155,7 @@ def partial(
 def hessian(
     f: Callable[P, Tensor], *, argnums: int = 0, chunk_size: int | None = None
 ) -> Callable[P, Tensor]:
-    """Imperative twin of ``hodfunc.hessian``: rows by ``grad[i].backward()``, ``.grad`` reset each time.
+    """Imperative twin of ``hodfunc.hessian``: rows by ``grad[i].backward()``, resetting ``.grad``.
 
     ``chunk_size`` is accepted for signature parity; rows are computed one at a time anyway.
 
@@ -158,11 +169,13 @@ def hessian(
     check_argnums(api, argnums)
     check_chunk_size(api, chunk_size)
 
+    fn: Callable[..., object] = f
+
     @functools.wraps(f)
     def wrapped(*args: P.args, **kwargs: P.kwargs) -> Tensor:
         with _private_leaf(api, args, argnums) as (x, call_args):
             warn_precision(api, x, 2)
-            y = check_output(api, f(*call_args, **kwargs))
+            y = check_output(api, fn(*call_args, **kwargs))
             g = _elementwise(_grad, y, x)
             return _elementwise(_backward_read, g, x).detach()
 
@@ -172,7 +185,7 @@ def hessian(
 def per_sample_grads(
     model: nn.Module, loss_fn: LossFn, *batch: Tensor, chunk_size: int | None = None
 ) -> dict[str, Tensor]:
-    """Imperative twin of ``hodfunc.per_sample_grads``: a loop of one-sample ``loss.backward()`` calls.
+    """Imperative twin of ``hodfunc.per_sample_grads``: a loop of one-sample ``loss.backward()``.
 
     Runs on a deep copy of ``model``; ``chunk_size`` is accepted for signature parity.
 
@@ -195,7 +208,7 @@ def per_sample_grads(
             private.zero_grad(set_to_none=True)
             out = private(batch[0][i : i + 1])
             loss = check_output(api, loss_fn(out, *(b[i : i + 1] for b in batch[1:])))
-            loss.backward()
+            backward(loss)
             for k, p in named:
                 rows[k].append(torch.zeros_like(p) if p.grad is None else p.grad.detach().clone())
     return {k: torch.stack(v) for k, v in rows.items()}
