@@ -1,17 +1,20 @@
-"""Per-sample gradients of an ``nn.Module``'s loss, without touching ``.grad``."""
+"""Per-sample gradients of an ``nn.Module``'s loss, without touching ``.grad``.
+
+Layers with a rule (``_layers``) get their per-sample gradients from one batched forward and
+backward (``_capture``); every other parameter falls back to ``vmap(grad(functional_call))``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
 
-from ._errors import ArgumentError, NonFunctionalModuleError, ShapeError, message
-from ._validate import check_chunk_size, check_output
-
-LossFn = Callable[..., Tensor]
+from . import _capture, _layers
+from ._capture import LossFn as LossFn
+from ._errors import ArgumentError, ArgumentTypeError, NonFunctionalModuleError, ShapeError, message
+from ._validate import check_chunk_size
 
 
 def check_per_sample_module(api: str, model: nn.Module) -> None:
@@ -63,9 +66,70 @@ def check_batch(api: str, batch: tuple[Tensor, ...]) -> int:
     return sizes[0]
 
 
-def trainable(model: nn.Module) -> dict[str, Tensor]:
-    """The model's trainable parameters by name, detached: the variables we differentiate."""
-    return {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
+def check_functional_module(api: str, model: nn.Module) -> None:
+    """Raise for modules that write to their own parameters in forward (so cannot run purely)."""
+    check_per_sample_module(api, model)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding) and module.max_norm is not None:
+            raise NonFunctionalModuleError(
+                message(
+                    api,
+                    "Embedding with max_norm renormalises its weight in place during forward",
+                    f"{name or 'the model'} (max_norm={module.max_norm})",
+                    "Set max_norm=None (renormalise the weight yourself between steps).",
+                )
+            )
+
+
+def check_out(
+    api: str, out: object, params: Mapping[str, Tensor], size: int
+) -> dict[str, Tensor] | None:
+    """Return ``out`` if it holds, for every trainable parameter, a writable ``(B, *shape)``
+    contiguous tensor of the parameter's dtype and device."""
+    if out is None:
+        return None
+    if not isinstance(out, Mapping):
+        raise ArgumentTypeError(
+            message(
+                api,
+                "out must be a dict from parameter name to tensor",
+                type(out).__name__,
+                "Pass the dict a previous call returned.",
+            )
+        )
+    if set(out) != set(params):
+        raise ArgumentError(
+            message(
+                api,
+                "out must have exactly one entry per trainable parameter",
+                f"missing {sorted(set(params) - set(out))}, extra {sorted(set(out) - set(params))}",
+                "Pass the dict a previous call on the same model returned.",
+            )
+        )
+    for k, p in params.items():
+        t = out[k]
+        want = (size, *p.shape)
+        if not isinstance(t, Tensor):
+            raise ArgumentTypeError(message(api, f"out[{k!r}] must be a tensor", type(t).__name__))
+        if tuple(t.shape) != want or t.dtype != p.dtype or t.device != p.device:
+            raise ShapeError(
+                message(
+                    api,
+                    f"out[{k!r}] must have shape {want}, dtype {p.dtype} and device {p.device}",
+                    f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}",
+                    "Reuse the result of a call with the same batch size, or pass out=None.",
+                )
+            )
+        if not t.is_contiguous() or t.requires_grad:
+            raise ArgumentError(
+                message(
+                    api,
+                    f"out[{k!r}] must be contiguous and must not require grad",
+                    f"contiguous={t.is_contiguous()}, requires_grad={t.requires_grad}",
+                    "Allocate it with torch.empty(...), or reuse a previous result.",
+                )
+            )
+    return dict(out)
 
 
 def per_sample_grads(
@@ -73,20 +137,36 @@ def per_sample_grads(
     loss_fn: LossFn,
     *batch: Tensor,
     chunk_size: int | None = None,
+    out: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """The gradient of each sample's loss with respect to each trainable parameter.
 
-    Entry ``i`` of ``result[name]`` is the gradient of
-    ``loss_fn(model(batch[0][i:i+1]), *(b[i:i+1] for b in batch[1:]))``, computed as
-    ``vmap(grad(functional_call))``. ``.grad``, parameters, buffers and the module's mode are left
-    as they were. ``chunk_size`` bounds how many samples are processed at once.
+    Entry ``i`` of ``result[name]`` is ``d loss_i / d param`` with
+    ``loss_i = loss_fn(model(batch[0][i:i+1]), *(b[i:i+1] for b in batch[1:]))``. For Linear,
+    Conv1d/Conv2d, Embedding, LayerNorm, RMSNorm and GroupNorm layers it is read off one batched
+    forward and backward (``grad W_i = sum_t delta_it a_it^T``); every other parameter
+    (MultiheadAttention's projections, BatchNorm's affine, custom modules) falls back to
+    ``vmap(grad(functional_call))``. The batched pass assumes the model treats samples
+    independently, and checks it against a forward of sample 0 alone (falling back if not).
+    ``.grad``, parameters, buffers, the module's mode and the RNG state are left as they were.
+
+    Args:
+        model: the module; BatchNorm layers must be in eval mode.
+        loss_fn: ``loss_fn(output, *targets)`` returning one number for a batch of one.
+        *batch: the model input first, then the loss's extra tensors, all with leading size B.
+        chunk_size: samples per batched pass (and per vmap call); peak memory beyond the result
+            grows with it (activations, unfolded conv inputs of ``chunk_size`` samples).
+        out: a previous result (or tensors laid out like it) to write into, so that a training
+            loop allocates the ``(B, *param.shape)`` buffers once. They are overwritten.
 
     Returns:
-        A dict from parameter name to a tensor of shape ``(B, *param.shape)``.
+        A dict from parameter name to a tensor of shape ``(B, *param.shape)`` (``out``'s tensors
+        when given).
 
     Raises:
         NonFunctionalModuleError: a BatchNorm layer is in training mode.
-        ShapeError: the batch tensors disagree in batch size.
+        ShapeError: the batch tensors disagree in batch size, or ``out`` does not fit.
+        ArgumentError: a bad ``chunk_size`` or ``out``.
 
     Example:
         >>> import torch, hodfunc
@@ -95,32 +175,61 @@ def per_sample_grads(
         >>> grads = hodfunc.per_sample_grads(model, torch.nn.functional.mse_loss, x, y)
         >>> grads["weight"].shape
         torch.Size([8, 1, 3])
+        >>> grads = hodfunc.per_sample_grads(model, torch.nn.functional.mse_loss, x, y, out=grads)
+        >>> grads["bias"].shape
+        torch.Size([8, 1])
     """
     api = "hodfunc.per_sample_grads"
     chunk = check_chunk_size(api, chunk_size)
-    check_per_sample_module(api, model)
-    check_batch(api, batch)
-    params = trainable(model)
-    buffers = {k: b.detach() for k, b in model.named_buffers()}
+    check_functional_module(api, model)
+    size = check_batch(api, batch)
+    ctx = _capture.make_context(api, model, loss_fn)
+    buffers = check_out(api, out, ctx.params, size)
+    result: dict[str, Tensor] = {}
+    with torch.random.fork_rng(devices=[]):
+        done = _batched_grads(ctx, batch, size, chunk, buffers, result)
+        rest = [k for k in ctx.params if k not in done]
+        for k, g in _capture.vmap_grads(ctx, rest, batch, chunk).items():
+            result[k] = g if buffers is None else buffers[k].copy_(g)
+    return {k: result[k] for k in ctx.params}
 
-    def sample_loss(p: dict[str, Tensor], *sample: Tensor) -> Tensor:
-        one = [s.unsqueeze(0) for s in sample]
-        out = functional_call(model, (p, buffers), (one[0],))
-        loss = check_output(api, loss_fn(out, *one[1:]))
-        if loss.numel() != 1:
-            raise ShapeError(
-                message(
-                    api,
-                    "loss_fn must return a single number per sample",
-                    f"shape {tuple(loss.shape)}",
-                    "Use reduction='sum' or 'mean'.",
-                )
+
+def _batched_grads(
+    ctx: _capture.Context,
+    batch: tuple[Tensor, ...],
+    size: int,
+    chunk: int | None,
+    buffers: dict[str, Tensor] | None,
+    result: dict[str, Tensor],
+) -> set[str]:
+    """Fill ``result`` for the parameters the batched pass covers; return their names."""
+    if not ctx.layers:
+        return set()
+    ref = _capture.probe(ctx, batch)
+    step = chunk or size
+    first: dict[str, list[_capture.Record]] | None = None
+    for s in range(0, size, step):
+        part = tuple(b[s : s + step] for b in batch)
+        n = part[0].shape[0]
+        outputs, losses, records = _capture.forward(ctx, part)
+        if first is None:
+            first = _capture.covered_layers(ctx, n, ref, outputs, losses, records)
+            calls = first
+            for name in first:
+                for k in ctx.layers[name][2].values():
+                    p = ctx.params[k]
+                    result[k] = buffers[k] if buffers is not None else p.new_empty((size, *p.shape))
+        else:
+            calls = _capture.regroup(ctx, first, records, n)
+        if not calls:
+            return set()
+        forms = _capture.layer_factors(ctx, calls, losses.sum(), retain_graph=False)
+        for name, f in forms.items():
+            local = ctx.layers[name][2]
+            w, b = local.get("weight"), local.get("bias")
+            _layers.write(
+                f,
+                None if w is None else result[w][s : s + n],
+                None if b is None else result[b][s : s + n],
             )
-        return loss.reshape(())
-
-    in_dims = (None,) + (0,) * len(batch)
-    with torch.enable_grad():
-        result: dict[str, Tensor] = vmap(grad(sample_loss), in_dims=in_dims, chunk_size=chunk)(
-            params, *batch
-        )
-    return result
+    return _capture.covered_params(ctx, first or {})

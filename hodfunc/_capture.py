@@ -1,0 +1,350 @@
+"""One batched forward and backward that captures each supported layer's input and output gradient.
+
+This is the only place that talks to autograd's graph and to module hooks. Hooks are registered
+on the caller's modules for the duration of one call and removed in ``finally``; parameters are
+private leaves (``p.detach().requires_grad_()``) passed through ``functional_call``, so nothing
+the caller owns is written.
+
+Which parameters the batched pass may handle is decided, per call, by three checks:
+
+1. the module has a rule (``_layers.rule_kind``) and every call sees a batched input;
+2. a probe forward on sample 0 alone sees the same calls with leading size 1 where the batch
+   has ``B`` (so dimension 0 really is the sample dimension, e.g. not a seq-first transformer),
+   and gives the same model output as row 0 of the batch (the model does not mix samples);
+3. in autograd's graph every use of the parameter lies inside one of its module's calls (a
+   weight tied into another layer, or used by a parent module directly, falls back).
+
+Everything else falls back to ``vmap(grad(functional_call))`` for just those parameters.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.graph import Node, get_gradient_edge
+from torch.func import functional_call, grad, vmap
+
+from . import _layers
+from ._errors import ShapeError, UnsupportedOperationError, message
+from ._validate import check_output
+
+LossFn = Callable[..., Tensor]
+
+
+@contextmanager
+def quiet_vmap() -> Iterator[None]:
+    """Silence vmap's "performance drop" notice for ops without a batching rule (e.g. CPU SDPA):
+    the fallback is still correct, and the notice is about torch, not the caller's code."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="There is a performance drop", category=UserWarning
+        )
+        yield
+
+
+@dataclass
+class Record:
+    """One call of a supported module: its input and output (or leading sizes, in the probe)."""
+
+    name: str
+    x: Tensor
+    output: Tensor
+    version: int
+
+
+@dataclass
+class Context:
+    """Everything one public call needs: the model seen functionally, with private leaves."""
+
+    api: str
+    model: nn.Module
+    loss_fn: LossFn
+    params: dict[str, Tensor]
+    buffers: dict[str, Tensor]
+    # module name -> (module, kind, {"weight"/"bias": parameter name}) for modules with a rule
+    layers: dict[str, tuple[nn.Module, _layers.Kind, dict[str, str]]] = field(default_factory=dict)
+    # modules whose output is modified in place downstream: the hook hands on a clone
+    clone_output: set[str] = field(default_factory=set)
+
+
+def make_context(api: str, model: nn.Module, loss_fn: LossFn) -> Context:
+    """Private leaves for the trainable parameters, and the modules with a per-layer rule."""
+    params = {
+        k: p.detach().requires_grad_(True) for k, p in model.named_parameters() if p.requires_grad
+    }
+    buffers = {k: b.detach() for k, b in model.named_buffers()}
+    ctx = Context(api, model, loss_fn, params, buffers)
+    owners: dict[int, list[str]] = {}
+    names = {id(p): k for k, p in model.named_parameters()}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        for local, p in module.named_parameters(recurse=False):
+            owners.setdefault(id(p), []).append(f"{mname}.{local}")
+    for mname, module in model.named_modules():
+        kind = _layers.rule_kind(module)
+        if kind is None:
+            continue
+        local = {}
+        for pname in ("weight", "bias"):
+            p = module._parameters.get(pname)
+            if p is None or not p.requires_grad:
+                continue
+            if len(owners[id(p)]) != 1:  # shared between modules: fall back
+                local = {}
+                break
+            local[pname] = names[id(p)]
+        if local:
+            ctx.layers[mname] = (module, kind, local)
+    return ctx
+
+
+@contextmanager
+def capture(ctx: Context, records: list[Record]) -> Iterator[None]:
+    """Record every call of a module with a rule while the block runs; remove the hooks after."""
+    handles = []
+
+    def hook_for(name: str) -> Callable[[nn.Module, tuple[object, ...], object], object]:
+        def hook(module: nn.Module, args: tuple[object, ...], output: object) -> object:
+            x = args[0] if args else None
+            if not isinstance(output, Tensor) or not isinstance(x, Tensor):
+                return None
+            records.append(Record(name, x, output, output._version))
+            return output.clone() if name in ctx.clone_output else None
+
+        return hook
+
+    try:
+        for name, (module, _, _) in ctx.layers.items():
+            handles.append(module.register_forward_hook(hook_for(name)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def sample_losses(ctx: Context, out: object, targets: tuple[Tensor, ...], size: int) -> Tensor:
+    """Each sample's loss, ``loss_fn`` evaluated on a batch of one, for all samples at once."""
+    api = ctx.api
+    out = check_output(api, out)
+    if out.dim() == 0 or out.shape[0] != size:
+        raise ShapeError(
+            message(
+                api,
+                f"the model's output must keep the batch dimension {size} first",
+                f"shape {tuple(out.shape)}",
+                "Return one row per sample.",
+            )
+        )
+
+    def one(o: Tensor, *t: Tensor) -> Tensor:
+        loss = check_output(api, ctx.loss_fn(o.unsqueeze(0), *(ti.unsqueeze(0) for ti in t)))
+        if loss.numel() != 1:
+            raise ShapeError(
+                message(
+                    api,
+                    "loss_fn must return a single number per sample",
+                    f"shape {tuple(loss.shape)}",
+                    "Use reduction='sum' or 'mean'.",
+                )
+            )
+        return loss.reshape(())
+
+    try:
+        with quiet_vmap():
+            losses: Tensor = vmap(one)(out, *targets)
+    except RuntimeError as e:
+        raise UnsupportedOperationError(
+            message(
+                api,
+                "loss_fn must run under torch.func.vmap (one sample at a time)",
+                f"the error {str(e).splitlines()[0]!r}",
+                "Avoid .item(), in-place ops and data-dependent Python control flow.",
+            )
+        ) from e
+    return losses
+
+
+def forward(ctx: Context, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, list[Record]]:
+    """The batched forward with capture: model output, per-sample losses, recorded calls."""
+    records: list[Record] = []
+    with torch.enable_grad(), capture(ctx, records):
+        out = functional_call(ctx.model, (ctx.params, ctx.buffers), (batch[0],))
+        losses = sample_losses(ctx, out, batch[1:], batch[0].shape[0])
+    return check_output(ctx.api, out), losses, records
+
+
+def probe(ctx: Context, batch: tuple[Tensor, ...]) -> tuple[Tensor, list[Record]]:
+    """The model on sample 0 alone, no graph: the reference for the batched pass's checks."""
+    records: list[Record] = []
+    with torch.no_grad(), capture(ctx, records):
+        out = functional_call(ctx.model, (ctx.params, ctx.buffers), (batch[0][:1],))
+    out = check_output(ctx.api, out)
+    ctx.clone_output = {r.name for r in records if r.output._version != r.version}
+    return out, records
+
+
+def _local_nodes(record: Record) -> set[Node]:
+    """Autograd nodes created inside one module call: reachable from its output, not its input."""
+    stop = record.x.grad_fn
+    root = record.output.grad_fn
+    seen: set[Node] = set()
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if node in seen or node is stop:
+            continue
+        seen.add(node)
+        stack.extend(n for n, _ in node.next_functions if n is not None)
+    return seen
+
+
+def _consumers(root: Node | None) -> dict[Node, list[Node]]:
+    """For every node of the graph under ``root``, the nodes that feed gradient into it."""
+    parents: dict[Node, list[Node]] = {}
+    stack = [root] if root is not None else []
+    seen: set[Node] = set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for nxt, _ in node.next_functions:
+            if nxt is not None:
+                parents.setdefault(nxt, []).append(node)
+                stack.append(nxt)
+    return parents
+
+
+def covered_layers(
+    ctx: Context,
+    size: int,
+    ref: tuple[Tensor, list[Record]],
+    out: Tensor,
+    losses: Tensor,
+    records: list[Record],
+) -> dict[str, list[Record]]:
+    """The modules whose parameters the batched pass handles, each with its calls (see top)."""
+    ref_out, ref_records = ref
+    eps = torch.finfo(out.dtype).eps if out.is_floating_point() else 0.0
+    scale = max(1.0, float(ref_out.abs().max())) if ref_out.numel() else 1.0
+    if ref_out.shape != out[:1].shape or not torch.allclose(
+        ref_out, out[:1].detach(), rtol=0.0, atol=eps**0.5 * scale
+    ):
+        return {}  # the model mixes samples: nothing is safe to read off the batched pass
+    calls: dict[str, list[Record]] = {}
+    for r in records:
+        calls.setdefault(r.name, []).append(r)
+    ref_calls: dict[str, list[Record]] = {}
+    for r in ref_records:
+        ref_calls.setdefault(r.name, []).append(r)
+    parents = _consumers(losses.grad_fn)
+    result: dict[str, list[Record]] = {}
+    for name, recs in calls.items():
+        module, _, local = ctx.layers[name]
+        refs = ref_calls.get(name, [])
+        if len(refs) != len(recs) or not all(
+            _layers.input_rank_ok(module, r.x)
+            and r.x.shape[0] == size
+            and r.output.shape[0] == size
+            and q.x.shape[0] == 1
+            and q.output.shape[0] == 1
+            and r.output._version == r.version
+            for r, q in zip(recs, refs, strict=True)
+        ):
+            continue
+        inside: set[Node] = set().union(*(_local_nodes(r) for r in recs))
+        if all(
+            set(parents.get(get_gradient_edge(ctx.params[p]).node, [])) <= inside
+            for p in local.values()
+        ):
+            result[name] = recs
+    return result
+
+
+def layer_factors(
+    ctx: Context, covered: dict[str, list[Record]], total: Tensor, *, retain_graph: bool
+) -> dict[str, _layers.Factors]:
+    """One backward of ``total`` to the covered calls' outputs, reduced to canonical forms."""
+    flat = [r for recs in covered.values() for r in recs]
+    if not flat:
+        return {}
+    deltas = torch.autograd.grad(
+        total, [r.output for r in flat], retain_graph=retain_graph, allow_unused=True
+    )
+    result: dict[str, _layers.Factors] = {}
+    i = 0
+    for name, recs in covered.items():
+        module, kind, _ = ctx.layers[name]
+        parts = []
+        for r in recs:
+            d = deltas[i]
+            i += 1
+            d = torch.zeros_like(r.output) if d is None else d
+            parts.append(_layers.factors(module, kind, r.x.detach(), d.detach()))
+        result[name] = _layers.concat(parts)
+    return result
+
+
+def covered_params(ctx: Context, covered: dict[str, list[Record]]) -> set[str]:
+    """Names of the parameters the batched pass handles."""
+    return {p for name in covered for p in ctx.layers[name][2].values()}
+
+
+def vmap_grads(
+    ctx: Context, names: list[str], batch: tuple[Tensor, ...], chunk_size: int | None
+) -> dict[str, Tensor]:
+    """The fallback: ``vmap(grad(functional_call))`` for the parameters in ``names`` only."""
+    if not names:
+        return {}
+    api = ctx.api
+    fixed = {k: v.detach() for k, v in ctx.params.items() if k not in names}
+    wanted = {k: ctx.params[k].detach() for k in names}
+
+    def sample_loss(p: dict[str, Tensor], *sample: Tensor) -> Tensor:
+        one = [s.unsqueeze(0) for s in sample]
+        out = functional_call(ctx.model, ({**fixed, **p}, ctx.buffers), (one[0],))
+        loss = check_output(api, ctx.loss_fn(out, *one[1:]))
+        if loss.numel() != 1:
+            raise ShapeError(
+                message(
+                    api,
+                    "loss_fn must return a single number per sample",
+                    f"shape {tuple(loss.shape)}",
+                    "Use reduction='sum' or 'mean'.",
+                )
+            )
+        return loss.reshape(())
+
+    in_dims = (None,) + (0,) * len(batch)
+    with torch.enable_grad(), quiet_vmap():
+        result: dict[str, Tensor] = vmap(grad(sample_loss), in_dims=in_dims, chunk_size=chunk_size)(
+            wanted, *batch
+        )
+    return result
+
+
+def regroup(
+    ctx: Context, first: dict[str, list[Record]], records: list[Record], size: int
+) -> dict[str, list[Record]]:
+    """A later chunk's calls of the covered modules, checked against the first chunk's."""
+    calls: dict[str, list[Record]] = {name: [] for name in first}
+    for r in records:
+        if r.name in calls:
+            calls[r.name].append(r)
+    for name, recs in calls.items():
+        if len(recs) != len(first[name]) or any(
+            r.x.shape[0] != size or r.output.shape[0] != size for r in recs
+        ):
+            raise UnsupportedOperationError(
+                message(
+                    ctx.api,
+                    "every chunk of the batch must call the layers the same way",
+                    f"a different call pattern of {name!r} in a later chunk",
+                    "Use chunk_size=None, or make the model's control flow batch-independent.",
+                )
+            )
+    return calls
