@@ -24,13 +24,14 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from . import _derivative, imperative
-from ._engine import available_methods
+from ._engine import Method, available_methods
 from ._errors import ArgumentError, HodfuncError, UnsupportedOperationError, message
 from ._validate import check_argnums, check_order, select_arg
 
@@ -153,6 +154,11 @@ def _quantities(
     return [every[i] for i in picks]
 
 
+def _engine_method(name: str) -> Method:
+    """``name`` as a ``Method``; it was checked against ``available_methods()`` already."""
+    return cast(Method, name)
+
+
 def _compute(
     method: str,
     f: Callable[..., Tensor],
@@ -165,13 +171,16 @@ def _compute(
     if scalar:
         if method == IMPERATIVE:
             return imperative.derivatives(f, order, argnums=argnum)(*args)
-        return _derivative.derivatives(f, order, argnums=argnum, method=method)(*args)  # type: ignore[arg-type]
+        return _derivative.derivatives(f, order, argnums=argnum, method=_engine_method(method))(
+            *args
+        )
     parts = []
     for wrt in quantities:
         if method == IMPERATIVE:
             parts.append(imperative.partial(f, wrt, argnums=argnum)(*args))
         else:
-            parts.append(_derivative.partial(f, wrt, argnums=argnum, method=method)(*args))  # type: ignore[arg-type]
+            engine = _engine_method(method)
+            parts.append(_derivative.partial(f, wrt, argnums=argnum, method=engine)(*args))
     return torch.stack(parts)
 
 
