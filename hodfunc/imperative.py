@@ -85,6 +85,16 @@ def _elementwise(step: Callable[[Tensor, Tensor], Tensor], y: Tensor, x: Tensor)
     return torch.stack(parts).reshape((*y.shape, *x.shape))
 
 
+def _chain(y: Tensor, x: Tensor, order: int) -> Tensor:
+    """``y`` and its derivatives of orders ``1..order`` with respect to ``x``, stacked, detached."""
+    out = [y.detach()]
+    for k in range(1, order + 1):
+        step = _backward_read if k == order else _grad
+        y = _elementwise(step, y, x)
+        out.append(y.detach())
+    return torch.stack(out)
+
+
 def derivatives(f: Callable[P, Tensor], order: int, *, argnums: int = 0) -> Callable[P, Tensor]:
     """Twin of ``hodfunc.derivatives``: orders ``0..order``, shape ``(order+1, *out)``."""
     api = "hodfunc.imperative.derivatives"
@@ -98,13 +108,7 @@ def derivatives(f: Callable[P, Tensor], order: int, *, argnums: int = 0) -> Call
         with _private_leaf(api, args, argnums) as (x, call_args):
             check_scalar_arg(api, x)
             warn_precision(api, x, order)
-            y = check_output(api, fn(*call_args, **kwargs))
-            out = [y.detach()]
-            for k in range(1, order + 1):
-                step = _backward_read if k == order else _grad
-                y = _elementwise(step, y, x)
-                out.append(y.detach())
-            return torch.stack(out)
+            return _chain(check_output(api, fn(*call_args, **kwargs)), x, order)
 
     return wrapped
 
@@ -119,11 +123,16 @@ def derivative(f: Callable[P, Tensor], order: int = 1, *, argnums: int = 0) -> C
     """
     api = "hodfunc.imperative.derivative"
     check_order(api, order)
-    inner = derivatives(f, order, argnums=argnums)
+    check_argnums(api, argnums)
+
+    fn: Callable[..., object] = f
 
     @functools.wraps(f)
     def wrapped(*args: P.args, **kwargs: P.kwargs) -> Tensor:
-        return inner(*args, **kwargs)[order]
+        with _private_leaf(api, args, argnums) as (x, call_args):
+            check_scalar_arg(api, x)
+            warn_precision(api, x, order)
+            return _chain(check_output(api, fn(*call_args, **kwargs)), x, order)[order]
 
     return wrapped
 
