@@ -68,7 +68,12 @@ def check_wrt(api: str, wrt: object) -> tuple[int, ...]:
     for i in wrt:
         if isinstance(i, bool) or not isinstance(i, int) or i < 0:
             raise ArgumentError(
-                message(api, "every index in wrt must be an int >= 0", repr(tuple(wrt)), "")
+                message(
+                    api,
+                    "every index in wrt must be an int >= 0",
+                    repr(tuple(wrt)),
+                    "wrt lists flat indices into x.flatten(), e.g. wrt=(0, 0, 2).",
+                )
             )
         out.append(i)
     return tuple(out)
