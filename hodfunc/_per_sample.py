@@ -186,7 +186,7 @@ def per_sample_grads(
     ctx = _capture.make_context(api, model, loss_fn)
     buffers = check_out(api, out, ctx.params, size)
     result: dict[str, Tensor] = {}
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():  # also under a caller's no_grad
         done = _batched_grads(ctx, batch, size, chunk, buffers, result)
         rest = [k for k in ctx.params if k not in done]
         for k, g in _capture.vmap_grads(ctx, rest, batch, chunk).items():
