@@ -5,6 +5,7 @@
 tensor([-16.,  24., -24.,  12.,   0.])
 """
 
+from ._allocator import tune_cpu_allocator as tune_cpu_allocator
 from ._batched import batched as batched
 from ._derivative import derivative as derivative
 from ._derivative import derivative_tensor as derivative_tensor
@@ -23,6 +24,8 @@ from ._errors import PiecewiseLinearWarning as PiecewiseLinearWarning
 from ._errors import PrecisionWarning as PrecisionWarning
 from ._errors import ShapeError as ShapeError
 from ._errors import UnsupportedOperationError as UnsupportedOperationError
+from ._ghost import clipped_grad_sum as clipped_grad_sum
+from ._ghost import per_sample_grad_norms as per_sample_grad_norms
 from ._jacobian import hessian as hessian
 from ._jacobian import hvp as hvp
 from ._jacobian import jacobian as jacobian
@@ -43,6 +46,7 @@ __all__ = [
     "ShapeError",
     "UnsupportedOperationError",
     "batched",
+    "clipped_grad_sum",
     "derivative",
     "derivative_tensor",
     "derivatives",
@@ -52,5 +56,7 @@ __all__ = [
     "jacobian",
     "laplacian",
     "partial",
+    "per_sample_grad_norms",
     "per_sample_grads",
+    "tune_cpu_allocator",
 ]

@@ -3,8 +3,12 @@
 Every supported layer call is reduced to one of three canonical forms, with ``B`` samples and
 ``T`` positions per sample (sequence positions, conv output pixels, or 1 for a plain vector):
 
-- ``outer`` (Linear, Conv1d/Conv2d as unfold): ``a (B, T, K)``, ``d (B, T, O)``;
+- ``outer`` (Linear): ``a (B, T, K)``, ``d (B, T, O)``;
   ``grad W_i = d_i^T a_i (O, K)`` and ``grad b_i = sum_t d_it``.
+- ``conv`` (Conv1d/2d/3d): the (padded) input ``a (B, C, *S)`` and ``d (B, O, *S')``. In unfold
+  terms this is ``outer`` with ``T`` the output pixels, but one convolution-backward with the
+  batch folded into the groups (``groups = B``) computes all ``grad W_i`` at once, faster than
+  unfold + bmm and without the unfolded copy.
 - ``diag`` (LayerNorm, RMSNorm, GroupNorm): normalised input ``a (B, T, C)`` and ``d (B, T, C)``;
   ``grad w_i = sum_t a_it * d_it`` and ``grad b_i = sum_t d_it``.
 - ``embed`` (Embedding): indices ``a (B, T)`` and ``d (B, T, E)``;
@@ -18,6 +22,7 @@ gradients into caller-owned buffers or compute their squared norms without mater
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
-Kind = Literal["outer", "diag", "embed"]
+Kind = Literal["outer", "conv", "diag", "embed"]
 
 # Transient buffer, in elements, for norms that are cheaper to materialise than to Gram.
 _NORM_BUFFER = 1 << 22
@@ -39,10 +44,20 @@ class Factors:
     a: Tensor
     d: Tensor
     size: int = 0  # the embedding's vocabulary size; unused otherwise
+    conv: ConvSpec | None = None
 
 
-def _conv_padding(module: nn.Conv1d | nn.Conv2d) -> bool:
-    return isinstance(module.padding, tuple) or module.padding in ("valid", "same")
+@dataclass(frozen=True)
+class ConvSpec:
+    """A convolution's geometry, padding already applied to the input."""
+
+    kernel: tuple[int, ...]
+    stride: list[int]
+    dilation: list[int]
+    padding: list[int]
+
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def rule_kind(module: nn.Module) -> Kind | None:
@@ -54,9 +69,9 @@ def rule_kind(module: nn.Module) -> Kind | None:
     forward = type(module).forward
     if forward is nn.Linear.forward:
         return "outer"
-    if forward in (nn.Conv1d.forward, nn.Conv2d.forward):
-        assert isinstance(module, (nn.Conv1d, nn.Conv2d))
-        return "outer" if module.groups == 1 and _conv_padding(module) else None
+    if forward in tuple(c.forward for c in _CONVS):
+        assert isinstance(module, _CONVS)
+        return "conv" if module.groups == 1 else None
     if forward is nn.Embedding.forward:
         assert isinstance(module, nn.Embedding)
         return "embed" if not module.scale_grad_by_freq and module.max_norm is None else None
@@ -73,10 +88,8 @@ def input_rank_ok(module: nn.Module, x: object) -> bool:
     """Whether ``x`` has the batched rank the rule expects (unbatched calls fall back)."""
     if not isinstance(x, Tensor):
         return False
-    if isinstance(module, nn.Conv2d):
-        return x.dim() == 4
-    if isinstance(module, nn.Conv1d):
-        return x.dim() == 3
+    if isinstance(module, _CONVS):
+        return x.dim() == len(module.kernel_size) + 2
     if isinstance(module, nn.Embedding):
         return x.dim() >= 1
     if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
@@ -84,41 +97,51 @@ def input_rank_ok(module: nn.Module, x: object) -> bool:
     return x.dim() >= 2
 
 
-def _unfold(module: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
-    """The conv input as patches ``(B, L, C * prod(kernel))``, padded as the conv pads it."""
-    one_d = isinstance(module, nn.Conv1d)
-
-    def two(v: tuple[int, ...]) -> tuple[int, int]:
-        return (1, v[0]) if one_d else (v[0], v[1])
-
-    if one_d:
-        x = x.unsqueeze(2)
-    kernel, stride, dilation = two(module.kernel_size), two(module.stride), two(module.dilation)
-    padding: tuple[int, int] = (0, 0)
-    pads: list[int] = []
+def _conv(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: Tensor) -> tuple[Tensor, ConvSpec]:
+    """The conv's input with any padding the conv would add, and the geometry that remains."""
+    n = len(module.kernel_size)
+    padding = [0] * n
     if module.padding_mode != "zeros":
-        pads = [*module._reversed_padding_repeated_twice, *([0, 0] if one_d else [])]
-        x = functional.pad(x, pads, mode=module.padding_mode)
+        x = functional.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
     elif module.padding == "same":
-        for k, dil in zip(reversed(kernel), reversed(dilation), strict=True):
+        pads: list[int] = []
+        for k, dil in zip(reversed(module.kernel_size), reversed(module.dilation), strict=True):
             total = dil * (k - 1)
             pads += [total // 2, total - total // 2]
         x = functional.pad(x, pads)
     elif isinstance(module.padding, tuple):
-        padding = two(module.padding)
-    return functional.unfold(
-        x, kernel, dilation=dilation, padding=padding, stride=stride
-    ).transpose(1, 2)
+        padding = list(module.padding)
+    spec = ConvSpec(module.kernel_size, list(module.stride), list(module.dilation), padding)
+    return x, spec
+
+
+def _conv_weight_grads(f: Factors, d: Tensor, *, per_sample: bool) -> Tensor:
+    """Conv weight gradients from ``a`` and ``d``: per sample ``(B, O, C*prod(k))`` (one
+    convolution-backward with ``groups = B``) or summed over the batch ``(O, C*prod(k))``."""
+    spec = f.conv
+    assert spec is not None
+    x = f.a
+    b, c, o = x.shape[0], x.shape[1], d.shape[1]
+    groups = b if per_sample else 1
+    if per_sample:
+        x, d = x.reshape(1, b * c, *x.shape[2:]), d.reshape(1, b * o, *d.shape[2:])
+    proto = d.new_empty(()).expand(groups * o, c, *spec.kernel)  # only its shape is read
+    grads = torch.ops.aten.convolution_backward(
+        d, x, proto, None, spec.stride, spec.padding, spec.dilation, False,
+        [0] * len(spec.kernel), groups, [False, True, False],
+    )  # fmt: skip
+    weight: Tensor = grads[1]
+    return weight.reshape(b, o, -1) if per_sample else weight.reshape(o, -1)
 
 
 def factors(module: nn.Module, kind: Kind, x: Tensor, delta: Tensor) -> Factors:
     """Reduce one call (input ``x``, gradient ``delta`` of its output) to canonical form."""
     b = x.shape[0]
+    if kind == "conv":
+        assert isinstance(module, _CONVS)
+        padded, spec = _conv(module, x)
+        return Factors("conv", padded, delta, conv=spec)
     if kind == "outer":
-        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-            a = _unfold(module, x)
-            d = delta.reshape(b, delta.shape[1], -1).transpose(1, 2)
-            return Factors("outer", a, d)
         return Factors(
             "outer", x.reshape(b, -1, x.shape[-1]), delta.reshape(b, -1, delta.shape[-1])
         )
@@ -149,6 +172,7 @@ def concat(parts: list[Factors]) -> Factors:
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
+    assert first.kind != "conv", "a conv module called more than once has no rule"
     a = torch.cat([p.a for p in parts], dim=1)
     d = torch.cat([p.d for p in parts], dim=1)
     return Factors(first.kind, a, d, first.size)
@@ -158,6 +182,12 @@ def write(f: Factors, weight: Tensor | None, bias: Tensor | None) -> None:
     """Write the per-sample gradients into ``weight (B, *w.shape)`` and ``bias (B, *b.shape)``."""
     b = f.d.shape[0]
     with torch.no_grad():
+        if f.kind == "conv":
+            if weight is not None:
+                weight.view(b, f.d.shape[1], -1).copy_(_conv_weight_grads(f, f.d, per_sample=True))
+            if bias is not None:
+                torch.sum(f.d.reshape(b, f.d.shape[1], -1), dim=2, out=bias.view(b, -1))
+            return
         if weight is not None:
             if f.kind == "outer":
                 w = weight.view(b, f.d.shape[2], f.a.shape[2])
@@ -187,6 +217,17 @@ def norm_sq(f: Factors, weight: bool, bias: bool) -> Tensor:
     b, t = f.d.shape[0], f.d.shape[1]
     with torch.no_grad():
         total = f.d.new_zeros(b)
+        if f.kind == "conv":
+            d = f.d.reshape(b, t, -1)
+            if bias:
+                total += _sq(d.sum(2))
+            if weight:
+                assert f.conv is not None
+                step = max(1, _NORM_BUFFER // (t * f.a.shape[1] * math.prod(f.conv.kernel)))
+                for s in range(0, b, step):
+                    part = Factors("conv", f.a[s : s + step], f.d[s : s + step], conv=f.conv)
+                    total[s : s + step] += _sq(_conv_weight_grads(part, part.d, per_sample=True))
+            return total
         if bias:
             total += _sq(f.d.sum(1))
         if not weight:
@@ -213,3 +254,26 @@ def norm_sq(f: Factors, weight: bool, bias: bool) -> Tensor:
             write(part, out, None)
             total[s : s + step] += out.square().sum(1)
         return total
+
+
+def weighted_sum(
+    f: Factors, w: Tensor, weight: bool, bias: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """``sum_i w_i g_i`` for the weight and bias (the weight flattened to 2-d, or 1-d for norms):
+    the batched weight gradient with each sample's output gradient scaled by ``w_i``."""
+    with torch.no_grad():
+        d = f.d * w.to(f.d.dtype).reshape(-1, *([1] * (f.d.dim() - 1)))
+        if f.kind == "conv":
+            gb = d.reshape(d.shape[0], d.shape[1], -1).sum((0, 2)) if bias else None
+            return (_conv_weight_grads(f, d, per_sample=False) if weight else None), gb
+        gb = d.sum((0, 1)) if bias else None
+        if not weight:
+            return None, gb
+        if f.kind == "outer":
+            gw = d.reshape(-1, d.shape[2]).t() @ f.a.reshape(-1, f.a.shape[2])
+        elif f.kind == "diag":
+            gw = (f.a * d).sum((0, 1))
+        else:
+            gw = d.new_zeros(f.size, d.shape[2])
+            gw.index_add_(0, f.a.reshape(-1), d.reshape(-1, d.shape[2]))
+        return gw, gb

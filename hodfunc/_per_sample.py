@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _capture, _layers
+from ._allocator import empty_result
 from ._capture import LossFn as LossFn
 from ._errors import ArgumentError, ArgumentTypeError, NonFunctionalModuleError, ShapeError, message
 from ._validate import check_chunk_size
@@ -218,7 +219,9 @@ def _batched_grads(
             for name in first:
                 for k in ctx.layers[name][2].values():
                     p = ctx.params[k]
-                    result[k] = buffers[k] if buffers is not None else p.new_empty((size, *p.shape))
+                    result[k] = (
+                        buffers[k] if buffers is not None else empty_result((size, *p.shape), p)
+                    )
         else:
             calls = _capture.regroup(ctx, first, records, n)
         if not calls:

@@ -1,0 +1,377 @@
+"""Per-sample gradients, their norms and the clipped sum against one batched backward.
+
+One question: how much does each way of getting per-sample information cost, as a multiple of
+one batched forward+backward of the same model on the same batch, measured in the same run?
+Compared: the torch.func recipe ``vmap(grad(functional_call))``, ``hodfunc.per_sample_grads``
+(fresh result, and ``out=`` reusing the previous one), ``hodfunc.per_sample_grad_norms``,
+``hodfunc.clipped_grad_sum``, and Opacus (``GradSampleModule`` hooks) and BackPACK
+(``BatchGrad``) when they are installed. Models: an MLP 784-512-256-10, a small CNN on 28x28 and
+a small transformer encoder, at batch 32 and 128. Every method is checked against the recipe
+before it is timed.
+
+Two more questions are answered in subprocesses, so that they cannot disturb the timings:
+peak memory of ``per_sample_grads`` with ``chunk_size`` (growth of ``ru_maxrss``), and the
+effect of ``hodfunc.tune_cpu_allocator()`` on the recipe and on ``per_sample_grads``.
+
+    .venv/bin/python benchmarks/bench_per_sample.py [--quick] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import importlib.util
+import json
+import resource
+import subprocess
+import sys
+from collections.abc import Callable
+
+import torch
+from _common import median_seconds, table, write_json
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+import hodfunc
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+Case = tuple[nn.Module, LossFn, Tensor, Tensor]
+
+
+def make_case(name: str, batch: int) -> Case:
+    """The model, loss and a batch for one benchmark configuration."""
+    torch.manual_seed(0)
+    loss = nn.functional.cross_entropy
+    model: nn.Module
+    if name == "mlp":
+        model = nn.Sequential(
+            nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10)
+        )
+        return model, loss, torch.randn(batch, 784), torch.randint(0, 10, (batch,))
+    if name == "cnn":
+        model = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * 7 * 7, 10),
+        )
+        return model, loss, torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    if name == "transformer":
+        model = TinyEncoder()
+        return (
+            model.eval(),
+            loss,
+            torch.randint(0, 1000, (batch, 32)),
+            torch.randint(0, 10, (batch,)),
+        )
+    raise ValueError(name)
+
+
+class TinyEncoder(nn.Module):
+    """Embedding 1000x64, one TransformerEncoderLayer (4 heads, width 128), mean-pool, Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(1000, 64)
+        self.layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True)
+        self.norm = nn.LayerNorm(64)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        h: Tensor = self.norm(self.layer(self.embed(tokens)))
+        out: Tensor = self.head(h.mean(1))
+        return out
+
+
+def batched_backward(case: Case) -> Callable[[], object]:
+    """One batched forward and backward of the summed loss (into private leaves)."""
+    model, loss_fn, x, y = case
+    params = {k: p.detach().requires_grad_(True) for k, p in model.named_parameters()}
+
+    def run() -> object:
+        loss = loss_fn(functional_call(model, params, (x,)), y, reduction="sum")  # type: ignore[call-arg]
+        return torch.autograd.grad(loss, list(params.values()))
+
+    return run
+
+
+def recipe(case: Case) -> Callable[[], dict[str, Tensor]]:
+    """The torch.func recipe ``vmap(grad(functional_call))``."""
+    model, loss_fn, x, y = case
+    params = {k: p.detach() for k, p in model.named_parameters()}
+
+    def sample_loss(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+        return loss_fn(functional_call(model, p, (xi.unsqueeze(0),)), yi.unsqueeze(0))
+
+    def run() -> dict[str, Tensor]:
+        out: dict[str, Tensor] = vmap(grad(sample_loss), in_dims=(None, 0, 0))(params, x, y)
+        return out
+
+    return run
+
+
+def opacus_grads(case: Case) -> Callable[[], dict[str, Tensor]] | None:
+    """Opacus's hook-based per-sample gradients, if Opacus is installed."""
+    if importlib.util.find_spec("opacus") is None:
+        return None
+    opacus = importlib.import_module("opacus")  # untyped: imported dynamically
+    model, _, x, y = case
+    gsm: nn.Module = opacus.GradSampleModule(copy.deepcopy(model), loss_reduction="sum")
+    lossfunc = nn.CrossEntropyLoss(reduction="sum")
+
+    def run() -> dict[str, Tensor]:
+        gsm.zero_grad(set_to_none=True)
+        torch.autograd.backward(lossfunc(gsm(x), y))
+        return {
+            k.removeprefix("_module."): getattr(p, "grad_sample")  # noqa: B009 for k, p in gsm.named_parameters()
+        }
+
+    return run
+
+
+def backpack_grads(case: Case) -> Callable[[], dict[str, Tensor]] | None:
+    """BackPACK's ``BatchGrad``, if BackPACK is installed and supports the model."""
+    if importlib.util.find_spec("backpack") is None:
+        return None
+    bp = importlib.import_module("backpack")  # untyped: imported dynamically
+    extensions = importlib.import_module("backpack.extensions")
+    model, _, x, y = case
+    if isinstance(model, TinyEncoder):
+        return None  # BackPACK has no extension for attention
+    private: nn.Module = bp.extend(copy.deepcopy(model))
+    lossfunc: nn.Module = bp.extend(nn.CrossEntropyLoss(reduction="sum"))
+
+    def run() -> dict[str, Tensor]:
+        private.zero_grad(set_to_none=True)
+        with bp.backpack(extensions.BatchGrad()):
+            torch.autograd.backward(lossfunc(private(x), y))
+        return {k: getattr(p, "grad_batch") for k, p in private.named_parameters()}  # noqa: B009
+
+    return run
+
+
+def close(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
+    """Per-parameter agreement to float32 tolerance relative to the largest entry."""
+    return all(
+        torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5 * float(b[k].abs().max())) for k in b
+    )
+
+
+def bench_case(name: str, batch: int, repeats: int) -> dict[str, object]:
+    """Time every method on one configuration; return the row with ratios to the backward."""
+    case = make_case(name, batch)
+    model, loss_fn, x, y = case
+    ref = recipe(case)()
+    norms_ref = (
+        torch.stack([g.reshape(batch, -1).square().sum(1) for g in ref.values()]).sum(0).sqrt()
+    )
+    weights = torch.clamp(1.0 / norms_ref, max=1.0)
+    clipped_ref = {k: torch.einsum("b,b...->...", weights, g) for k, g in ref.items()}
+    mine = hodfunc.per_sample_grads(model, loss_fn, x, y)
+    reused = {k: torch.empty_like(v) for k, v in mine.items()}
+    checks = {
+        "per_sample_grads": close(mine, ref),
+        "per_sample_grad_norms": bool(
+            torch.allclose(
+                hodfunc.per_sample_grad_norms(model, loss_fn, x, y), norms_ref, rtol=1e-4
+            )
+        ),
+        "clipped_grad_sum": close(
+            hodfunc.clipped_grad_sum(model, loss_fn, x, y, max_norm=1.0), clipped_ref
+        ),
+    }
+    methods: dict[str, Callable[[], object]] = {
+        "backward": batched_backward(case),
+        "vmap(grad)": recipe(case),
+        "per_sample_grads": lambda: hodfunc.per_sample_grads(model, loss_fn, x, y),
+        "per_sample_grads(out=)": lambda: hodfunc.per_sample_grads(
+            model, loss_fn, x, y, out=reused
+        ),
+        "per_sample_grad_norms": lambda: hodfunc.per_sample_grad_norms(model, loss_fn, x, y),
+        "clipped_grad_sum": lambda: hodfunc.clipped_grad_sum(model, loss_fn, x, y, max_norm=1.0),
+    }
+    if not all(checks.values()):
+        raise AssertionError(f"{name} batch {batch}: disagrees with vmap(grad): {checks}")
+    skipped: dict[str, str] = {}
+    for label, build in (("opacus", opacus_grads), ("backpack", backpack_grads)):
+        try:
+            run = build(case)
+            if run is None:
+                skipped[label] = "not installed or no support for this model"
+            elif close(run(), ref):
+                methods[label] = run
+            else:
+                skipped[label] = "disagrees with vmap(grad)"
+        except Exception as e:  # a baseline that cannot run this model is skipped, not fatal
+            skipped[label] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
+    # interleave the methods over the repeats so that load from other processes hits all alike
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    for _ in range(repeats):
+        for k, fn in methods.items():
+            times[k].append(median_seconds(fn, repeats=3, warmup=1))
+    ms = {k: sorted(v)[len(v) // 2] * 1e3 for k, v in times.items()}
+    base = ms["backward"]
+    return {
+        "model": name,
+        "batch": batch,
+        "ms": ms,
+        "ratio_to_backward": {k: v / base for k, v in ms.items()},
+        "speedup_over_vmap_grad": {k: ms["vmap(grad)"] / v for k, v in ms.items()},
+        "skipped": skipped,
+    }
+
+
+def memory_child(name: str, batch: int, chunk: int | None) -> None:
+    """In a fresh process: peak RSS growth of one per_sample_grads call (printed as JSON)."""
+    model, loss_fn, x, y = make_case(name, batch)
+    hodfunc.per_sample_grads(model, loss_fn, x[:2], y[:2])  # warm up imports and kernels
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = hodfunc.per_sample_grads(model, loss_fn, x, y, chunk_size=chunk)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result_mb = sum(t.numel() * t.element_size() for t in result.values()) / 2**20
+    print(json.dumps({"peak_growth_mb": (after - before) / 1024, "result_mb": result_mb}))
+
+
+def allocator_child(name: str, batch: int, tune: bool, repeats: int) -> None:
+    """In a fresh process: the recipe and per_sample_grads as ratios to one backward."""
+    if tune:
+        hodfunc.tune_cpu_allocator()
+    case = make_case(name, batch)
+    model, loss_fn, x, y = case
+    methods: dict[str, Callable[[], object]] = {
+        "backward": batched_backward(case),
+        "vmap(grad)": recipe(case),
+        "per_sample_grads": lambda: hodfunc.per_sample_grads(model, loss_fn, x, y),
+    }
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    for _ in range(repeats):
+        for k, fn in methods.items():
+            times[k].append(median_seconds(fn, repeats=3, warmup=1))
+    ms = {k: sorted(v)[len(v) // 2] * 1e3 for k, v in times.items()}
+    print(
+        json.dumps({"ms": ms, "ratio_to_backward": {k: v / ms["backward"] for k, v in ms.items()}})
+    )
+
+
+def child(args: list[str]) -> dict[str, object]:
+    """Run this script in a subprocess with ``args`` and parse its last line as JSON."""
+    out = subprocess.run(
+        [sys.executable, __file__, *args], check=True, capture_output=True, text=True
+    ).stdout
+    result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="batch 128 only, fewer repeats")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--memory-child", nargs=3, metavar=("MODEL", "BATCH", "CHUNK"))
+    parser.add_argument("--allocator-child", nargs=4, metavar=("MODEL", "BATCH", "TUNE", "REPS"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_child:
+        m, b, c = args.memory_child
+        memory_child(m, int(b), None if c == "none" else int(c))
+        return
+    if args.allocator_child:
+        m, b, t, r = args.allocator_child
+        allocator_child(m, int(b), t == "1", int(r))
+        return
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    repeats = 3 if args.quick else 7
+    batches = [128] if args.quick else [32, 128]
+    rows: list[dict[str, object]] = []
+    for name in ("mlp", "cnn", "transformer"):
+        for batch in batches:
+            rows.append(bench_case(name, batch, repeats))
+            print(f"done {name} {batch}", file=sys.stderr)
+    labels = sorted({k for r in rows for k in r["ratio_to_backward"]}, key=_order)  # type: ignore[attr-defined]
+    print("Time as a multiple of one batched backward (lower is better); backward in ms")
+    print(
+        table(
+            ["model", "B", "backward ms", *labels],
+            [
+                [
+                    str(r["model"]),
+                    str(r["batch"]),
+                    f"{r['ms']['backward']:.1f}",  # type: ignore[index]
+                    *(
+                        f"{r['ratio_to_backward'].get(k, float('nan')):.2f}"  # type: ignore[attr-defined]
+                        for k in labels
+                    ),
+                ]
+                for r in rows
+            ],
+        )
+    )
+    memory: list[dict[str, object]] = []
+    for name in ("mlp", "cnn", "transformer"):
+        for chunk in ("none", "32", "8"):
+            res = child([*threads, "--memory-child", name, "128", chunk])
+            memory.append({"model": name, "batch": 128, "chunk_size": chunk, **res})
+    print("\nPeak RSS growth of per_sample_grads at batch 128 (MB), result size included")
+    print(
+        table(
+            ["model", "chunk_size", "result MB", "peak growth MB", "beyond result MB"],
+            [
+                [
+                    str(m["model"]),
+                    str(m["chunk_size"]),
+                    f"{m['result_mb']:.0f}",
+                    f"{m['peak_growth_mb']:.0f}",
+                    f"{float(m['peak_growth_mb']) - float(m['result_mb']):.0f}",  # type: ignore[arg-type]
+                ]
+                for m in memory
+            ],
+        )
+    )
+    reps = "3" if args.quick else "5"
+    alloc = {
+        tune: child([*threads, "--allocator-child", "mlp", "128", tune, reps])
+        for tune in ("0", "1")
+    }
+    print("\nMLP batch 128, each in a fresh process: ratio to one batched backward")
+    print(
+        table(
+            ["tune_cpu_allocator()", "backward ms", "vmap(grad)", "per_sample_grads"],
+            [
+                [
+                    "no" if t == "0" else "yes",
+                    f"{a['ms']['backward']:.1f}",  # type: ignore[index]
+                    f"{a['ratio_to_backward']['vmap(grad)']:.2f}",  # type: ignore[index]
+                    f"{a['ratio_to_backward']['per_sample_grads']:.2f}",  # type: ignore[index]
+                ]
+                for t, a in alloc.items()
+            ],
+        )
+    )
+    path = write_json(
+        "bench_per_sample",
+        [*rows, {"memory": memory}, {"allocator": alloc}],
+    )
+    print(f"\nwrote {path}")
+
+
+def _order(label: str) -> int:
+    order = [
+        "backward",
+        "vmap(grad)",
+        "opacus",
+        "backpack",
+        "per_sample_grads",
+        "per_sample_grads(out=)",
+        "per_sample_grad_norms",
+        "clipped_grad_sum",
+    ]
+    return order.index(label) if label in order else len(order)
+
+
+if __name__ == "__main__":
+    main()
