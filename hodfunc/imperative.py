@@ -71,7 +71,9 @@ def _backward_read(y: Tensor, x: Tensor) -> Tensor:
     x.grad = None
     if not y.requires_grad:
         return torch.zeros_like(x)
-    backward(y, retain_graph=True)
+    # inputs=(x,): accumulate into the private leaf only, never into the caller's parameters or
+    # tensors that y also depends on.
+    torch.autograd.backward(y, inputs=(x,), retain_graph=True)
     g = torch.zeros_like(x) if x.grad is None else x.grad.detach().clone()
     x.grad = None
     return g
@@ -209,6 +211,7 @@ def per_sample_grads(
     check_chunk_size(api, chunk_size)
     check_per_sample_module(api, model)
     size = check_batch(api, batch)
+    batch = tuple(b.detach() for b in batch)  # backward must not reach the caller's tensors
     private = copy.deepcopy(model)
     named = [(k, p) for k, p in private.named_parameters() if p.requires_grad]
     rows: dict[str, list[Tensor]] = {k: [] for k, _ in named}
@@ -217,7 +220,8 @@ def per_sample_grads(
             private.zero_grad(set_to_none=True)
             out = private(batch[0][i : i + 1])
             loss = check_output(api, loss_fn(out, *(b[i : i + 1] for b in batch[1:])))
-            backward(loss)
+            if loss.requires_grad:  # False when every parameter is frozen
+                backward(loss)
             for k, p in named:
                 rows[k].append(torch.zeros_like(p) if p.grad is None else p.grad.detach().clone())
     return {k: torch.stack(v) for k, v in rows.items()}
