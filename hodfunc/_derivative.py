@@ -46,7 +46,10 @@ def derivative(
         f: function of one or more arguments returning a tensor.
         order: the derivative's order, an int >= 0.
         argnums: which positional argument to differentiate; it must be a 0-d floating tensor.
-        method: ``"auto"`` or ``"nested"`` (``torch.func.jvp`` nested ``order`` times).
+        method: ``"nested"`` (``torch.func.jvp`` nested ``order`` times), ``"taylor"`` (Taylor
+            mode: one pass of truncated Taylor series, O(order^2) per op; raises
+            ``UnsupportedOperationError`` for an op without a rule) or ``"auto"`` (Taylor mode
+            where it applies, else nested with one ``FallbackWarning``).
 
     Returns:
         A function with ``f``'s signature returning the derivative.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ._engine import register
 from ._nested import NestedEngine
+from ._taylor import AutoEngine, TaylorEngine
 
 register("nested", NestedEngine)
-register("auto", NestedEngine)
+register("auto", AutoEngine)
+register("taylor", TaylorEngine)

@@ -1,0 +1,138 @@
+"""The two coefficient algebras a propagation runs in: univariate Taylor series and the collapsed
+(forward-Laplacian) jet.
+
+Both store a value that depends on the input as one tensor with a leading coefficient axis, so a
+linear op runs once on all coefficients (one matmul or conv launch, not one per coefficient), and
+an affine op adds its constant to coefficient 0 only. They differ only in nonlinear ops:
+
+- ``Univariate(K)``: ``(K + 1, *S)`` normalized Taylor coefficients of ``f(x + t v)``. Products
+  are Cauchy convolutions, elementwise functions the recurrences of ``_series``.
+- ``Collapsed(n)``: ``(n + 2, *S)`` = the value, the ``n`` first-order coefficients along every
+  coordinate direction, and the *sum* over directions of the normalized second-order coefficients
+  (Dangel et al. 2025; the forward Laplacian of Li et al. 2024). For ``y = phi(a)``:
+  ``y_1,i = phi' a_1,i`` and ``y_2 = phi' a_2 + (phi''/2) sum_i a_1,i^2``; for a bilinear ``B``:
+  ``B(a, b)_2 = B(a_0, b_2) + B(a_2, b_0) + sum_i B(a_1,i, b_1,i)``. ``phi'`` and ``phi''/2`` come
+  from the univariate recurrence of ``phi`` at order 2, so every elementwise rule serves both.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from . import _series
+
+__all__ = ["Algebra", "Collapsed", "Univariate"]
+
+UnaryRule = Callable[[Tensor], Tensor]
+Bilinear = Callable[[Tensor, Tensor], Tensor]
+
+
+class Algebra(Protocol):
+    """What differs between propagation modes: the nonlinear ops."""
+
+    size: int
+    """The length of the coefficient axis."""
+
+    def unary(self, rule: UnaryRule, a: Tensor) -> Tensor:
+        """``phi(a)`` where ``rule`` is ``phi``'s univariate series rule."""
+        ...
+
+    def product(self, op: Bilinear, a: Tensor, b: Tensor, *, batched: bool) -> Tensor:
+        """``op(a, b)`` for a bilinear ``op``, both arguments carrying coefficients.
+
+        ``batched``: ``op`` already maps over a shared leading axis (elementwise ops after the
+        arguments were brought to the same rank); otherwise it is vmapped.
+        """
+        ...
+
+    def divide(self, a: Tensor, b: Tensor) -> Tensor:
+        """``a / b`` elementwise, both carrying coefficients (same rank)."""
+        ...
+
+
+def _pairwise(op: Bilinear, a: Tensor, b: Tensor, batched: bool) -> Tensor:
+    if batched:
+        return op(a, b)
+    return torch.func.vmap(op)(a, b)
+
+
+@functools.cache
+def _collapsed_map(
+    n: int, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Pairs ``(i, j) -> out`` of the collapsed product and the 0/1 matrix that sums them."""
+    top = n + 1
+    pairs = [(0, 0, 0)]
+    pairs += [(i, 0, i) for i in range(1, top)] + [(0, i, i) for i in range(1, top)]
+    pairs += [(top, 0, top), (0, top, top)] + [(i, i, top) for i in range(1, top)]
+    ia = torch.tensor([p[0] for p in pairs], device=device)
+    ib = torch.tensor([p[1] for p in pairs], device=device)
+    m = torch.zeros(n + 2, len(pairs), dtype=dtype, device=device)
+    m[
+        torch.tensor([p[2] for p in pairs], device=device), torch.arange(len(pairs), device=device)
+    ] = 1
+    return ia, ib, m
+
+
+@functools.cache
+def _cauchy_map(n: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    pairs = [(i, k - i) for k in range(n) for i in range(k + 1)]
+    ia = torch.tensor([p[0] for p in pairs], device=device)
+    ib = torch.tensor([p[1] for p in pairs], device=device)
+    m = torch.zeros(n, len(pairs), dtype=dtype, device=device)
+    m[ia + ib, torch.arange(len(pairs), device=device)] = 1
+    return ia, ib, m
+
+
+def _combine(
+    table: tuple[Tensor, Tensor, Tensor], op: Bilinear, a: Tensor, b: Tensor, batched: bool
+) -> Tensor:
+    ia, ib, m = table
+    products = _pairwise(op, a[ia], b[ib], batched)
+    out = m @ products.reshape(products.shape[0], -1)
+    return out.reshape(m.shape[0], *products.shape[1:])
+
+
+class Univariate:
+    """Truncated Taylor series of order ``order`` along one direction."""
+
+    def __init__(self, order: int) -> None:
+        self.order = order
+        self.size = order + 1
+
+    def unary(self, rule: UnaryRule, a: Tensor) -> Tensor:
+        return rule(a)
+
+    def product(self, op: Bilinear, a: Tensor, b: Tensor, *, batched: bool) -> Tensor:
+        if self.size == 1:
+            return _pairwise(op, a, b, batched)
+        return _combine(_cauchy_map(self.size, a.dtype, a.device), op, a, b, batched)
+
+    def divide(self, a: Tensor, b: Tensor) -> Tensor:
+        return _series.divide(a, b)
+
+
+class Collapsed:
+    """Value, ``n`` first-order directions and the summed second-order coefficient."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.size = n + 2
+
+    def unary(self, rule: UnaryRule, a: Tensor) -> Tensor:
+        a0 = a[0]
+        d = rule(torch.stack([a0, torch.ones_like(a0), torch.zeros_like(a0)]))
+        first = a[1 : self.n + 1]
+        second = d[1] * a[self.n + 1] + d[2] * (first * first).sum(0)
+        return torch.cat([d[:1], d[1] * first, second.unsqueeze(0)])
+
+    def product(self, op: Bilinear, a: Tensor, b: Tensor, *, batched: bool) -> Tensor:
+        return _combine(_collapsed_map(self.n, a.dtype, a.device), op, a, b, batched)
+
+    def divide(self, a: Tensor, b: Tensor) -> Tensor:
+        return self.product(torch.mul, a, self.unary(_series.reciprocal, b), batched=True)

@@ -1,0 +1,204 @@
+"""The ``"taylor"`` engine, and the ``"auto"`` engine that uses it wherever it applies.
+
+Every quantity is one propagation of the traced program in one of the algebras of ``_algebra``:
+
+- ``jet``: univariate Taylor series of ``f(x + t v)`` to order ``K``; coefficients are multiplied
+  by ``k!`` only at the end (in float64 when ``k!`` would overflow the compute dtype).
+- ``partial``: one vmapped univariate jet of order ``d`` over the Griewank-Utke-Walther directions
+  (``_mixed``), combined with exact rational weights.
+- ``laplacian``: one collapsed propagation carrying all first-order directions and the summed
+  second-order coefficient.
+
+Engines are built once per transform, so the trace cache and the warn-once flags are per transform.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+
+import torch
+from torch import Tensor
+
+from .._call import Call
+from .._errors import FallbackWarning, PiecewiseLinearWarning, UnsupportedOperationError, message
+from .._nested import NestedEngine, basis, unit
+from .._validate import check_output
+from ._algebra import Collapsed, Univariate
+from ._interpret import run
+from ._mixed import interpolation
+from ._rules import Context, Jet, has_rule
+from ._trace import Bound, TraceCache
+
+__all__ = ["AutoEngine", "TaylorEngine"]
+
+
+def _factorials(order: int, like: Tensor) -> Tensor:
+    fact = torch.tensor([math.factorial(k) for k in range(order + 1)], dtype=torch.float64)
+    return fact.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def _to_derivatives(coefficients: Tensor) -> Tensor:
+    """Multiply coefficient ``k`` by ``k!``: normalized coefficients to derivatives."""
+    order = coefficients.shape[0] - 1
+    fact = _factorials(order, coefficients)
+    dtype = coefficients.dtype
+    if dtype == torch.float64 or math.factorial(order) < torch.finfo(dtype).max:
+        return coefficients * fact.to(device=coefficients.device, dtype=dtype)
+    return (coefficients.double() * fact.to(coefficients.device)).to(dtype)
+
+
+class TaylorEngine:
+    """Taylor-mode AD on a cached ``make_fx`` trace: O(K^2) per nonlinear op."""
+
+    def __init__(self) -> None:
+        self._cache = TraceCache()
+        self._warned_piecewise = False
+
+    def _bind(self, call: Call) -> Bound:
+        bound = self._cache.bind(call.api, call.fn, call.args, call.kwargs, call.argnum)
+        missing = sorted(
+            op
+            for op in bound.program.dependent_ops
+            if not has_rule(op.split(".")[1 if "." in op else 0])
+        )
+        if missing:
+            raise UnsupportedOperationError(
+                message(
+                    call.api,
+                    "method='taylor' needs a Taylor rule for every operation on the input's path, "
+                    f"and {missing[0]} has none",
+                    f"operations without a rule: {', '.join(missing)}",
+                    'Use method="auto" (falls back to nested torch.func) or method="nested".',
+                )
+            )
+        return bound
+
+    def _propagate(self, call: Call, bound: Bound, coefficients: Tensor, ctx: Context) -> Tensor:
+        """Coefficients of the output (zeros beyond the value where it does not depend on x)."""
+        out = run(bound.program, bound.inputs, Jet(coefficients), ctx)
+        if isinstance(out, Jet):
+            check_output(call.api, out.c[0])
+            return out.c
+        value = check_output(call.api, out)
+        rest = torch.zeros_like(value).unsqueeze(0).expand(ctx.algebra.size - 1, *value.shape)
+        return torch.cat([value.unsqueeze(0), rest])
+
+    def _warn(self, api: str, ctx: Context, order: int) -> None:
+        if order < 2 or not ctx.piecewise or self._warned_piecewise:
+            return
+        self._warned_piecewise = True
+        ops = ", ".join(sorted(ctx.piecewise))
+        warnings.warn(
+            message(
+                api,
+                f"a derivative of order {order} passes through the piecewise-linear {ops}, whose "
+                "second and higher derivatives are zero almost everywhere, so the result is exact "
+                "but its terms through that op vanish",
+                f"order {order}",
+                "For nonzero higher derivatives use a smooth activation (tanh, softplus, silu).",
+            ),
+            PiecewiseLinearWarning,
+            stacklevel=4,
+        )
+
+    def _coefficients(
+        self, call: Call, bound: Bound, v: Tensor, order: int, ctx: Context
+    ) -> Tensor:
+        x = call.x
+        parts = [x, v.to(x.dtype)] if order >= 1 else [x]
+        if order >= 2:
+            parts.append(torch.zeros_like(x).unsqueeze(0).expand(order - 1, *x.shape))
+            series = torch.cat([parts[0].unsqueeze(0), parts[1].unsqueeze(0), parts[2]])
+        else:
+            series = torch.stack(parts)
+        return self._propagate(call, bound, series, ctx)
+
+    def jet(self, call: Call, v: Tensor, order: int) -> Tensor:
+        bound = self._bind(call)
+        ctx = Context(Univariate(order), call.api)
+        coefficients = self._coefficients(call, bound, v, order, ctx)
+        self._warn(call.api, ctx, order)
+        return _to_derivatives(coefficients)
+
+    def partial(self, call: Call, wrt: tuple[int, ...]) -> Tensor:
+        x = call.x
+        d = len(wrt)
+        counts = Counter(wrt)
+        if len(counts) <= 1:
+            direction = unit(x, wrt[0]) if wrt else torch.zeros_like(x)
+            return self.jet(call, direction, d)[d]
+        bound = self._bind(call)
+        ctx = Context(Univariate(d), call.api)
+        indices = list(counts)
+        terms = interpolation(tuple(counts[i] for i in indices))
+        steps = torch.tensor([i for i, _ in terms], dtype=x.dtype, device=x.device)
+        directions = torch.zeros(len(terms), x.numel(), dtype=x.dtype, device=x.device)
+        directions[:, indices] = steps
+        directions = directions.reshape(len(terms), *x.shape)
+
+        def top(v: Tensor) -> Tensor:
+            return self._coefficients(call, bound, v, d, ctx)[d]
+
+        values = torch.func.vmap(top)(directions)
+        scale = math.prod(math.factorial(c) for c in counts.values())
+        weights = torch.tensor(
+            [float(g) * scale for _, g in terms], dtype=values.dtype, device=x.device
+        )
+        self._warn(call.api, ctx, d)
+        combined: Tensor = torch.tensordot(weights, values, dims=1)
+        return combined
+
+    def laplacian(self, call: Call) -> Tensor:
+        bound = self._bind(call)
+        x = call.x
+        n = x.numel()
+        ctx = Context(Collapsed(n), call.api)
+        series = torch.cat([x.unsqueeze(0), basis(x), torch.zeros_like(x).unsqueeze(0)])
+        coefficients = self._propagate(call, bound, series, ctx)
+        self._warn(call.api, ctx, 2)
+        return 2 * coefficients[n + 1]
+
+
+class AutoEngine:
+    """Taylor mode where every op has a rule; otherwise nested torch.func, with one warning."""
+
+    def __init__(self) -> None:
+        self._taylor = TaylorEngine()
+        self._nested = NestedEngine()
+        self._warned = False
+
+    def _fallback(self, call: Call, error: UnsupportedOperationError) -> NestedEngine:
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                message(
+                    call.api,
+                    'method="auto" uses Taylor mode only where it applies; falling back to nested '
+                    "torch.func (exact, slower at high order)",
+                    str(error).split(", got ")[-1].rstrip("."),
+                    'Pass method="nested" to silence this, or method="taylor" to get the error.',
+                ),
+                FallbackWarning,
+                stacklevel=4,
+            )
+        return self._nested
+
+    def jet(self, call: Call, v: Tensor, order: int) -> Tensor:
+        try:
+            return self._taylor.jet(call, v, order)
+        except UnsupportedOperationError as error:
+            return self._fallback(call, error).jet(call, v, order)
+
+    def partial(self, call: Call, wrt: tuple[int, ...]) -> Tensor:
+        try:
+            return self._taylor.partial(call, wrt)
+        except UnsupportedOperationError as error:
+            return self._fallback(call, error).partial(call, wrt)
+
+    def laplacian(self, call: Call) -> Tensor:
+        try:
+            return self._taylor.laplacian(call)
+        except UnsupportedOperationError as error:
+            return self._fallback(call, error).laplacian(call)

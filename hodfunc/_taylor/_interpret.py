@@ -1,0 +1,55 @@
+"""Running a traced ``Program`` with the free argument replaced by its coefficients.
+
+Ops that do not depend on the free argument run unchanged (once, on ordinary tensors); ops that do
+run their Taylor rule. Everything is plain torch on ordinary tensors, so a propagation composes with
+``torch.func.vmap``, ``torch.func.grad`` and autograd like any other torch code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from ._rules import Context, Jet, lookup
+from ._trace import Program, Ref
+
+__all__ = ["run"]
+
+
+def _resolve(value: object, env: list[object]) -> object:
+    if isinstance(value, Ref):
+        return env[value.slot]
+    if isinstance(value, (list, tuple)):
+        return type(value)(_resolve(v, env) for v in value)
+    if isinstance(value, dict):
+        return {k: _resolve(v, env) for k, v in value.items()}
+    return value
+
+
+def _has_jet(values: Sequence[object]) -> bool:
+    for v in values:
+        if isinstance(v, Jet):
+            return True
+        if isinstance(v, (list, tuple)) and any(isinstance(x, Jet) for x in v):
+            return True
+    return False
+
+
+def run(program: Program, inputs: Sequence[Tensor], x: Jet, ctx: Context) -> object:
+    """Evaluate ``program`` on ``inputs`` with slot ``program.x_slot`` carrying the jet ``x``."""
+    env: list[object] = [None] * program.n_slots
+    env[: len(inputs)] = inputs
+    env[program.x_slot] = x
+    for slot, constant in program.constants.items():
+        env[slot] = constant
+    for ins in program.instructions:
+        args = _resolve(ins.args, env)
+        kwargs = _resolve(ins.kwargs, env)
+        assert isinstance(args, tuple)
+        assert isinstance(kwargs, dict)
+        if ins.depends and (_has_jet(args) or _has_jet(tuple(kwargs.values()))):
+            env[ins.slot] = lookup(ins.name)(ctx, ins.fn, args, kwargs)
+        else:
+            env[ins.slot] = ins.fn(*args, **kwargs)
+    return _resolve(program.output, env)

@@ -1,0 +1,70 @@
+"""Mixed partial derivatives from univariate Taylor jets (Griewank, Utke and Walther 2000).
+
+Along a direction ``S i = sum_l i_l e_l`` (``i`` a multi-index over the ``m`` variables of the
+partial, ``|i| = d``), the ``d``-th normalized Taylor coefficient is, by the multinomial theorem,
+
+    f_d(i) = (1/d!) d^d/dt^d f(x + t S i) = sum_{|a| = d} (d^a f / a!) i^a .
+
+Over the ``binom(d + m - 1, m - 1)`` directions with ``|i| = d`` the monomials ``i^a`` form an
+invertible matrix (the simplex lattice is unisolvent for degree-``d`` polynomials), so every
+partial of order ``d`` is a fixed combination ``d^j f / j! = sum_i gamma_ij f_d(i)``. GUW give
+``gamma`` in closed form; here it is obtained by solving that interpolation system exactly in
+rationals, once per multi-index (cached), which yields the same numbers and is easy to verify.
+All directions propagate together in one vmapped jet of order ``d``, instead of a nest of depth
+``d`` whose cost grows exponentially.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from fractions import Fraction
+
+__all__ = ["interpolation"]
+
+
+def _compositions(total: int, parts: int) -> list[tuple[int, ...]]:
+    """Every tuple of ``parts`` non-negative ints summing to ``total``."""
+    out = []
+    for bars in itertools.combinations(range(total + parts - 1), parts - 1):
+        edges = (-1, *bars, total + parts - 1)
+        out.append(tuple(edges[i + 1] - edges[i] - 1 for i in range(parts)))
+    return out
+
+
+def _solve(matrix: list[list[Fraction]], rhs: list[Fraction]) -> list[Fraction]:
+    """Exact Gaussian elimination with row pivoting."""
+    n = len(rhs)
+    rows = [[*row, b] for row, b in zip(matrix, rhs, strict=True)]
+    for col in range(n):
+        pivot = next(r for r in range(col, n) if rows[r][col] != 0)
+        rows[col], rows[pivot] = rows[pivot], rows[col]
+        inv = 1 / rows[col][col]
+        rows[col] = [v * inv for v in rows[col]]
+        for r in range(n):
+            if r != col and rows[r][col] != 0:
+                factor = rows[r][col]
+                rows[r] = [v - factor * w for v, w in zip(rows[r], rows[col], strict=True)]
+    return [row[n] for row in rows]
+
+
+@functools.cache
+def interpolation(j: tuple[int, ...]) -> tuple[tuple[tuple[int, ...], Fraction], ...]:
+    """The directions ``i`` and exact non-zero weights ``gamma_ij`` for the multi-index ``j``.
+
+    ``d^j f / j! = sum_i gamma_ij f_d(i)``; for ``d^2 f / dx dy``:
+
+    >>> [(i, str(g)) for i, g in interpolation((1, 1))]
+    [((0, 2), '-1/4'), ((1, 1), '1'), ((2, 0), '-1/4')]
+    """
+    d = sum(j)
+    lattice = _compositions(d, len(j))
+    # rows: monomials a; columns: directions i; entry i^a. Solve sum_i gamma_i i^a = [a == j].
+    matrix = [
+        [Fraction(math.prod(il**al for il, al in zip(i, a, strict=True))) for i in lattice]
+        for a in lattice
+    ]
+    rhs = [Fraction(int(a == j)) for a in lattice]
+    gammas = _solve(matrix, rhs)
+    return tuple((i, g) for i, g in zip(lattice, gammas, strict=True) if g)

@@ -1,0 +1,298 @@
+"""Arithmetic on truncated univariate Taylor series: the recurrences of the nonlinear ops.
+
+A series is a tensor ``a`` of shape ``(K + 1, *S)`` holding normalized coefficients
+``a[k] = (d^k/dt^k a(t))(0) / k!``: normalized coefficients neither overflow nor lose precision at
+high order (``a[k]`` of ``exp(t)`` is ``1/k!``, whereas its derivatives are all 1 and the products
+in the recurrences would carry ``k!``). Every function here returns a series of the same length.
+
+The recurrences come from the ODE each function satisfies (Griewank and Walther, "Evaluating
+Derivatives", ch. 13). With ``y = phi(a)`` and ``y' = u a'`` where ``u`` is itself a series,
+comparing coefficients of ``t^(k-1)`` gives ``k y_k = sum_{j=1..k} j a_j u_{k-j}``: ``exp``
+(``u = y``), ``tanh`` (``u = 1 - y^2``), ``sigmoid`` (``u = y - y^2``), ``tan`` (``u = 1 + y^2``),
+``sin``/``cos`` together, ``sinh``/``cosh`` together. When ``u`` does not depend on ``y``
+(``atan``, ``erf``, ``asinh``...) ``y`` is the integral of the Cauchy product ``u a'``. ``log``,
+``sqrt``, reciprocal/division and powers have their own O(K^2) recurrences. Each step is a few
+tensor ops over the whole tensor, so an op costs O(K) kernel launches and O(K^2 numel) flops.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "asinh",
+    "atan",
+    "cauchy",
+    "cos",
+    "cosh",
+    "divide",
+    "erf",
+    "exp",
+    "expm1",
+    "log",
+    "log1p",
+    "power",
+    "reciprocal",
+    "sigmoid",
+    "sin",
+    "sinh",
+    "sqrt",
+    "tan",
+    "tanh",
+]
+
+Series = Tensor
+
+
+def _k_weights(a: Tensor, start: int, stop: int) -> Tensor:
+    """``[start, ..., stop - 1]`` shaped to broadcast along ``a``'s leading dim."""
+    w = torch.arange(start, stop, dtype=a.dtype, device=a.device)
+    return w.reshape(-1, *([1] * (a.dim() - 1)))
+
+
+def _dot(w: Tensor, ys: list[Tensor]) -> Tensor:
+    """``sum_i w[i] * ys[i]`` for ``i < len(ys)``."""
+    if len(ys) == 1:
+        return w[0] * ys[0]
+    return (w[: len(ys)] * torch.stack(ys)).sum(0)
+
+
+def _square(ys: list[Tensor], m: int) -> Tensor:
+    """Coefficient ``m`` of ``y^2``: ``sum_{i=0..m} y_i y_{m-i}``, using the symmetry."""
+    half = [ys[i] * ys[m - i] for i in range((m + 1) // 2)]
+    total = 2 * torch.stack(half).sum(0) if half else torch.zeros_like(ys[0])
+    if m % 2 == 0:
+        total = total + ys[m // 2] * ys[m // 2]
+    return total
+
+
+def _ode(a: Series, y0: Tensor, u_of: Callable[[list[Tensor], int], Tensor]) -> Series:
+    """Solve ``y' = u a'`` where ``u_m = u_of(y, m)`` needs only ``y_0..y_m``."""
+    K = a.shape[0] - 1
+    ja = a[1:] * _k_weights(a, 1, K + 1)
+    ys = [y0]
+    us: list[Tensor] = []
+    for k in range(1, K + 1):
+        us.append(u_of(ys, k - 1))
+        ys.append(_dot(ja, us[::-1]) / k)
+    return torch.stack(ys)
+
+
+def _pair(a: Series, first: Tensor, second: Tensor, sign: float) -> tuple[Series, Series]:
+    """``s' = c a'``, ``c' = sign * s a'`` (sin/cos with sign -1, sinh/cosh with +1)."""
+    K = a.shape[0] - 1
+    ja = a[1:] * _k_weights(a, 1, K + 1)
+    s, c = [first], [second]
+    for k in range(1, K + 1):
+        s_k = _dot(ja, c[::-1]) / k
+        c_k = sign * _dot(ja, s[::-1]) / k
+        s.append(s_k)
+        c.append(c_k)
+    return torch.stack(s), torch.stack(c)
+
+
+@functools.cache
+def _cauchy_map(n: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    pairs = [(i, k - i) for k in range(n) for i in range(k + 1)]
+    ia = torch.tensor([p[0] for p in pairs], device=device)
+    ib = torch.tensor([p[1] for p in pairs], device=device)
+    m = torch.zeros(n, len(pairs), dtype=dtype, device=device)
+    m[ia + ib, torch.arange(len(pairs), device=device)] = 1
+    return ia, ib, m
+
+
+def cauchy(a: Series, b: Series) -> Series:
+    """The product series: ``c_k = sum_{i+j=k} a_i b_j`` (shapes broadcast), in a few launches."""
+    n = min(a.shape[0], b.shape[0])
+    a, b = a[:n], b[:n]
+    if n == 1:
+        return a * b
+    ia, ib, m = _cauchy_map(n, a.dtype, a.device)
+    products = a[ia] * b[ib]
+    out = m @ products.reshape(products.shape[0], -1)
+    return out.reshape(n, *products.shape[1:])
+
+
+def _integrate(y0: Tensor, d: Series) -> Series:
+    """The series whose value is ``y0`` and whose derivative series is ``d`` (one shorter)."""
+    K = d.shape[0]
+    return torch.cat([y0.unsqueeze(0), d / _k_weights(d, 1, K + 1)])
+
+
+def _derivative(a: Series) -> Series:
+    """The series of ``a'``, one shorter."""
+    K = a.shape[0] - 1
+    return a[1:] * _k_weights(a, 1, K + 1)
+
+
+def _shift(a: Series, value: Tensor) -> Series:
+    """``a`` with coefficient 0 replaced by ``value``."""
+    return torch.cat([value.unsqueeze(0), a[1:]])
+
+
+def exp(a: Series) -> Series:
+    """``exp``: ``y' = y a'``."""
+    return _ode(a, torch.exp(a[0]), lambda ys, m: ys[m])
+
+
+def expm1(a: Series) -> Series:
+    """``exp(a) - 1`` with an accurate value."""
+    return _shift(exp(a), torch.expm1(a[0]))
+
+
+def tanh(a: Series) -> Series:
+    """``tanh``: ``y' = (1 - y^2) a'``."""
+
+    def u(ys: list[Tensor], m: int) -> Tensor:
+        sq = _square(ys, m)
+        return 1 - sq if m == 0 else -sq
+
+    return _ode(a, torch.tanh(a[0]), u)
+
+
+def sigmoid(a: Series) -> Series:
+    """``sigmoid``: ``y' = (y - y^2) a'``."""
+    return _ode(a, torch.sigmoid(a[0]), lambda ys, m: ys[m] - _square(ys, m))
+
+
+def tan(a: Series) -> Series:
+    """``tan``: ``y' = (1 + y^2) a'``."""
+
+    def u(ys: list[Tensor], m: int) -> Tensor:
+        sq = _square(ys, m)
+        return 1 + sq if m == 0 else sq
+
+    return _ode(a, torch.tan(a[0]), u)
+
+
+def sin(a: Series) -> Series:
+    """``sin``, computed together with ``cos``."""
+    return _pair(a, torch.sin(a[0]), torch.cos(a[0]), -1.0)[0]
+
+
+def cos(a: Series) -> Series:
+    """``cos``, computed together with ``sin``."""
+    return _pair(a, torch.sin(a[0]), torch.cos(a[0]), -1.0)[1]
+
+
+def sinh(a: Series) -> Series:
+    """``sinh``, computed together with ``cosh``."""
+    return _pair(a, torch.sinh(a[0]), torch.cosh(a[0]), 1.0)[0]
+
+
+def cosh(a: Series) -> Series:
+    """``cosh``, computed together with ``sinh``."""
+    return _pair(a, torch.sinh(a[0]), torch.cosh(a[0]), 1.0)[1]
+
+
+def log(a: Series) -> Series:
+    """``log``: ``a y' = a'``, so ``y_k = (a_k - (1/k) sum_{j=1..k-1} j y_j a_{k-j}) / a_0``."""
+    K = a.shape[0] - 1
+    inv = 1 / a[0]
+    ys = [torch.log(a[0])]
+    jy: list[Tensor] = []
+    for k in range(1, K + 1):
+        acc = a[k]
+        if k > 1:
+            acc = acc - _dot(a[1:k].flip(0), jy) / k
+        ys.append(acc * inv)
+        jy.append(ys[k] * k)
+    return torch.stack(ys)
+
+
+def log1p(a: Series) -> Series:
+    """``log(1 + a)`` with an accurate value."""
+    return _shift(log(_shift(a, 1 + a[0])), torch.log1p(a[0]))
+
+
+def divide(b: Series, a: Series) -> Series:
+    """``b / a``: ``y_k = (b_k - sum_{j=1..k} a_j y_{k-j}) / a_0`` (shapes broadcast)."""
+    K = min(a.shape[0], b.shape[0]) - 1
+    shape = torch.broadcast_shapes(a.shape[1:], b.shape[1:])  # type: ignore[no-untyped-call]
+    inv = 1 / a[0]
+    ys = [(b[0] * inv).expand(shape)]
+    for k in range(1, K + 1):
+        ys.append((b[k] - _dot(a[1 : k + 1], ys[::-1])) * inv)
+    return torch.stack(ys)
+
+
+def reciprocal(a: Series) -> Series:
+    """``1 / a``."""
+    K = a.shape[0] - 1
+    inv = 1 / a[0]
+    ys = [inv]
+    for k in range(1, K + 1):
+        ys.append(-_dot(a[1 : k + 1], ys[::-1]) * inv)
+    return torch.stack(ys)
+
+
+def sqrt(a: Series) -> Series:
+    """``sqrt``: ``y^2 = a``, so ``y_k = (a_k - sum_{j=1..k-1} y_j y_{k-j}) / (2 y_0)``."""
+    K = a.shape[0] - 1
+    y0 = torch.sqrt(a[0])
+    half_inv = 0.5 / y0
+    ys = [y0]
+    for k in range(1, K + 1):
+        acc = a[k]
+        if k > 1:
+            acc = acc - (_square([*ys[:k], torch.zeros_like(y0)], k))
+        ys.append(acc * half_inv)
+    return torch.stack(ys)
+
+
+def power(a: Series, r: float) -> Series:
+    """``a ** r`` for a real scalar ``r``.
+
+    Non-negative integers use repeated Cauchy products (exact, also where ``a_0 = 0``); negative
+    integers the reciprocal of that; other exponents the recurrence of ``a y' = r y a'``:
+    ``y_k = sum_{j=0..k-1} ((k - j) r - j) a_{k-j} y_j / (k a_0)``.
+    """
+    if float(r).is_integer() and abs(r) <= 64:
+        n = int(r)
+        if n < 0:
+            return reciprocal(power(a, -n))
+        result: Series | None = None
+        base = a
+        while n:
+            if n & 1:
+                result = base if result is None else cauchy(result, base)
+            n >>= 1
+            if n:
+                base = cauchy(base, base)
+        if result is None:
+            return torch.cat([torch.ones_like(a[:1]), torch.zeros_like(a[1:])])
+        return result
+    K = a.shape[0] - 1
+    inv = 1 / a[0]
+    ys = [torch.pow(a[0], r)]
+    for k in range(1, K + 1):
+        w = torch.tensor(
+            [(k - j) * r - j for j in range(k)], dtype=a.dtype, device=a.device
+        ).reshape(-1, *([1] * (a.dim() - 1)))
+        ys.append((w * a[1 : k + 1].flip(0) * torch.stack(ys)).sum(0) * inv / k)
+    return torch.stack(ys)
+
+
+def atan(a: Series) -> Series:
+    """``atan``: ``y' = a' / (1 + a^2)``."""
+    sq = cauchy(a, a)[:-1]
+    u = reciprocal(_shift(sq, 1 + sq[0]))
+    return _integrate(torch.atan(a[0]), cauchy(_derivative(a), u))
+
+
+def asinh(a: Series) -> Series:
+    """``asinh``: ``y' = a' / sqrt(1 + a^2)``."""
+    sq = cauchy(a, a)[:-1]
+    u = power(_shift(sq, 1 + sq[0]), -0.5)
+    return _integrate(torch.asinh(a[0]), cauchy(_derivative(a), u))
+
+
+def erf(a: Series) -> Series:
+    """``erf``: ``y' = (2 / sqrt(pi)) exp(-a^2) a'``."""
+    u = exp(-cauchy(a, a)[:-1]) * (2 / math.sqrt(math.pi))
+    return _integrate(torch.erf(a[0]), cauchy(_derivative(a), u))

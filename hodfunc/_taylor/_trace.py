@@ -1,0 +1,418 @@
+"""Tracing a user's function to ATen operations, and the per-transform cache of traces.
+
+This is the one module that talks to untyped torch internals (``make_fx``, decompositions, fx
+graphs, functorch's interpreter stack); it hands the rest of the package a typed ``Program``.
+
+Why a ``make_fx`` trace and not a ``__torch_dispatch__`` subclass carrying the coefficients:
+
+- ``__torch_dispatch__`` runs *below* autograd. The coefficient arithmetic done there would be
+  invisible to autograd: the result could not be differentiated with respect to the weights, and
+  training on a loss built from high-order derivatives (an acceptance line) would be wrong. A
+  subclass at the ``__torch_function__`` level sees ``torch.nn.functional`` calls instead of a
+  small set of ATen primitives, so it would need hundreds of rules.
+- A wrapper subclass also pays Python dispatch on every op of every call, including ops that do not
+  depend on the input, and nests awkwardly inside ``torch.func.vmap``/``grad``.
+- The trace, by contrast, is made once per input signature (fake tensors: no compute, and
+  data-dependent control flow raises instead of being baked in), then interpreted with plain torch
+  ops on ordinary tensors. Those ops compose with ``vmap``, ``grad`` and autograd for free, and
+  ops that do not depend on the input run unchanged.
+
+The trace's two known pitfalls are handled here:
+
+- Closed-over tensors. ``make_fx`` turns a tensor the function closes over into a graph constant.
+  Under ``torch.func.grad`` that constant is an unwrapped copy, so gradients would silently vanish;
+  and a transform built once would keep using stale tensors after the closure changed. So the
+  tensors a function captures (closure cells, referenced globals, ``functools.partial`` arguments,
+  parameters and buffers of modules among them) are *lifted to graph inputs*: during tracing a
+  ``TorchFunctionMode`` swaps each for a placeholder, and every call passes the current ones. A
+  functorch-wrapped tensor the scan did not find makes tracing fail loudly instead of silently.
+- Re-tracing. Traces are cached per transform, keyed by the shapes, dtypes and devices of every
+  tensor argument and captured tensor, the non-tensor arguments and the argument structure; under
+  ``vmap`` the key uses per-sample shapes. ``TRACES`` counts traces so tests can check it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import operator
+import types
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import cast
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
+
+from .._errors import UnsupportedOperationError, message
+
+__all__ = ["TRACES", "Instruction", "Program", "Ref", "TraceCache"]
+
+TRACES = [0]
+"""How many traces this process made (a one-element list so tests can read it)."""
+
+_aten = torch.ops.aten
+_DECOMPOSE = [
+    _aten.gelu,
+    _aten.silu,
+    _aten.softplus,
+    _aten._softmax,
+    _aten._log_softmax,
+    _aten.logsumexp,
+    _aten.mish,
+    _aten.elu,
+    _aten.celu,
+    _aten.selu,
+    _aten.log_sigmoid_forward,
+    _aten.hardswish,
+    _aten.hardsigmoid,
+    _aten.addcmul,
+    _aten.addcdiv,
+    _aten.lerp,
+    _aten.xlogy,
+    _aten.linalg_vector_norm,
+    _aten.var,
+    _aten.var_mean,
+    _aten.std,
+    _aten.native_layer_norm,
+    _aten.native_batch_norm,
+    _aten._native_batch_norm_legit,
+    _aten._native_batch_norm_legit_no_training,
+    _aten._native_batch_norm_legit_functional,
+    _aten.native_group_norm,
+    _aten.embedding,
+    _aten.square,
+    _aten.rsub,
+    _aten.sinc,
+    _aten.logit,
+]
+
+
+@functools.cache
+def _decompositions() -> Mapping[torch._ops.OpOverload, Callable[..., object]]:
+    from torch._decomp import get_decompositions
+
+    table = get_decompositions(_DECOMPOSE)
+    return cast("Mapping[torch._ops.OpOverload, Callable[..., object]]", table)
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A value computed earlier in the program, by its slot."""
+
+    slot: int
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One ATen call: ``slot <- fn(*args, **kwargs)`` with ``Ref``s standing for earlier values."""
+
+    name: str
+    """The op's name without namespace and overload, e.g. ``"tanh"`` or ``"getitem"``."""
+    overload: str
+    fn: Callable[..., object]
+    args: tuple[object, ...]
+    kwargs: Mapping[str, object]
+    slot: int
+    depends: bool
+    """Whether the value depends on the free argument (then it needs a Taylor rule)."""
+
+    @property
+    def qualified(self) -> str:
+        """The op as users see it in messages, e.g. ``aten.tanh.default``."""
+        return f"aten.{self.name}.{self.overload}" if self.overload else self.name
+
+
+@dataclass(frozen=True)
+class Program:
+    """A traced function: inputs in slots ``0..n_inputs-1``, constants, instructions, output."""
+
+    n_inputs: int
+    x_slot: int
+    constants: Mapping[int, Tensor]
+    instructions: tuple[Instruction, ...]
+    output: object
+    n_slots: int
+    dependent_ops: frozenset[str] = field(default_factory=frozenset)
+
+
+def _tensors_in(obj: object, out: dict[int, Tensor], depth: int) -> None:
+    """Collect tensors reachable from ``obj`` through the containers a closure commonly holds."""
+    if depth > 3:
+        return
+    if isinstance(obj, Tensor):
+        out.setdefault(id(obj), obj)
+    elif isinstance(obj, nn.Module):
+        for p in obj.parameters():
+            out.setdefault(id(p), p)
+        for b in obj.buffers():
+            out.setdefault(id(b), b)
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            _tensors_in(item, out, depth + 1)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            _tensors_in(item, out, depth + 1)
+    elif isinstance(obj, functools.partial):
+        _tensors_in(obj.func, out, depth + 1)
+        _tensors_in(obj.args, out, depth + 1)
+        _tensors_in(obj.keywords, out, depth + 1)
+    elif isinstance(obj, types.MethodType):
+        _tensors_in(obj.__self__, out, depth + 1)
+        _tensors_in(obj.__func__, out, depth + 1)
+    elif isinstance(obj, types.FunctionType):
+        for cell in obj.__closure__ or ():
+            try:
+                content = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            _tensors_in(content, out, depth + 1)
+        for name in obj.__code__.co_names:
+            value = obj.__globals__.get(name)
+            if isinstance(value, (Tensor, nn.Module)):
+                _tensors_in(value, out, depth + 1)
+        _tensors_in(obj.__defaults__ or (), out, depth + 1)
+
+
+def captured_tensors(fn: object) -> tuple[Tensor, ...]:
+    """The tensors ``fn`` can reach without being passed them, in a stable order."""
+    found: dict[int, Tensor] = {}
+    _tensors_in(fn, found, 0)
+    return tuple(found.values())
+
+
+class _Lift(TorchFunctionMode):
+    """During tracing: swap captured tensors for placeholders; refuse unseen functorch tensors."""
+
+    def __init__(self, swap: dict[int, Tensor], api: str) -> None:
+        super().__init__()
+        self.swap = swap
+        self.api = api
+
+    def _map(self, t: Tensor) -> Tensor:
+        new = self.swap.get(id(t))
+        if new is not None:
+            return new
+        if torch._C._functorch.is_functorch_wrapped_tensor(t):
+            raise UnsupportedOperationError(
+                message(
+                    self.api,
+                    "Taylor mode must see every tensor the function uses under torch.func "
+                    "transforms, but the function reaches one it cannot find in its closure",
+                    f"a tensor of shape {tuple(t.shape)}",
+                    "Pass that tensor as an argument, or use method='nested'.",
+                )
+            )
+        return t
+
+    def __torch_function__(
+        self,
+        func: Callable[..., object],
+        types: object,
+        args: tuple[object, ...] = (),
+        kwargs: dict[str, object] | None = None,
+    ) -> object:
+        args, kw = pytree.tree_map_only(Tensor, self._map, (args, kwargs or {}))
+        return func(*args, **kw)
+
+
+@contextlib.contextmanager
+def _outside_functorch() -> Iterator[None]:
+    """Pop every active functorch level (vmap, grad...) for the duration, then restore them."""
+    functorch = torch._C._functorch
+    saved = []
+    while functorch.peek_interpreter_stack() is not None:
+        saved.append(functorch.pop_dynamic_layer_stack())
+    try:
+        yield
+    finally:
+        for layer in reversed(saved):
+            functorch.push_dynamic_layer_stack(layer)
+
+
+def _signature(t: Tensor) -> tuple[object, ...]:
+    return (tuple(t.shape), t.dtype, t.device)
+
+
+def _hashable(obj: Hashable | object) -> Hashable:
+    try:
+        hash(obj)
+    except TypeError:
+        return ("id", id(obj))
+    return obj
+
+
+def _example(t: Tensor) -> Tensor:
+    return torch.zeros(t.shape, dtype=t.dtype, device=t.device)
+
+
+def _refs(value: object, ref: Callable[[torch.fx.Node], Ref]) -> object:
+    """``value`` with every graph node replaced by the ``Ref`` of its slot."""
+    if isinstance(value, torch.fx.Node):
+        return ref(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_refs(v, ref) for v in value)
+    if isinstance(value, dict):
+        return {k: _refs(v, ref) for k, v in value.items()}
+    return value
+
+
+def _compile(gm: torch.fx.GraphModule, x_slot: int) -> Program:
+    graph = gm.graph
+    graph.eliminate_dead_code()
+    slots: dict[torch.fx.Node, int] = {}
+    constants: dict[int, Tensor] = {}
+    instructions: list[Instruction] = []
+    depends: set[int] = set()
+    dependent_ops: set[str] = set()
+    output: object = None
+    n_inputs = 0
+
+    def ref(node: torch.fx.Node) -> Ref:
+        return Ref(slots[node])
+
+    def uses_x(value: object) -> bool:
+        leaves = pytree.tree_leaves(value)
+        return any(isinstance(leaf, Ref) and leaf.slot in depends for leaf in leaves)
+
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            slots[node] = len(slots)
+            n_inputs += 1
+            if slots[node] == x_slot:
+                depends.add(x_slot)
+        elif node.op == "get_attr":
+            slots[node] = len(slots)
+            constants[slots[node]] = cast("Tensor", getattr(gm, cast("str", node.target)))
+        elif node.op == "call_function":
+            slots[node] = len(slots)
+            args = cast("tuple[object, ...]", _refs(node.args, ref))
+            kwargs = cast("dict[str, object]", _refs(node.kwargs, ref))
+            target = node.target
+            if target is operator.getitem:
+                name, overload = "getitem", ""
+            elif isinstance(target, torch._ops.OpOverload):
+                name = target._schema.name.split("::")[-1]
+                overload = target._overloadname
+            else:
+                name, overload = str(target), ""
+            dep = uses_x((args, kwargs))
+            if dep:
+                depends.add(slots[node])
+            instruction = Instruction(
+                name,
+                overload,
+                cast("Callable[..., object]", target),
+                args,
+                kwargs,
+                slots[node],
+                dep,
+            )
+            if dep:
+                dependent_ops.add(instruction.qualified)
+            instructions.append(instruction)
+        elif node.op == "output":
+            output = _refs(node.args[0], ref)
+    return Program(
+        n_inputs,
+        x_slot,
+        constants,
+        tuple(instructions),
+        output,
+        len(slots),
+        frozenset(dependent_ops),
+    )
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A program and the tensors to feed its input slots for one call."""
+
+    program: Program
+    inputs: tuple[Tensor, ...]
+
+
+class TraceCache:
+    """Traces of one transform's function, keyed by everything a trace depends on."""
+
+    def __init__(self) -> None:
+        self._programs: dict[Hashable, Program] = {}
+
+    def bind(
+        self,
+        api: str,
+        fn: Callable[..., object],
+        args: tuple[object, ...],
+        kwargs: Mapping[str, object],
+        argnum: int,
+    ) -> Bound:
+        """The program for this call (traced on first use) and the tensors to feed it."""
+        leaves, spec = pytree.tree_flatten((args, dict(kwargs)))
+        before = len(pytree.tree_leaves(args[:argnum]))
+        tensor_pos = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
+        x_slot = tensor_pos.index(before)
+        tensors = tuple(cast("Tensor", leaves[i]) for i in tensor_pos)
+        argument_ids = {id(t) for t in tensors}
+        captured = tuple(t for t in captured_tensors(fn) if id(t) not in argument_ids)
+        key = (
+            spec,
+            x_slot,
+            tuple(_signature(t) for t in tensors),
+            tuple(_hashable(leaf) for leaf in leaves if not isinstance(leaf, Tensor)),
+            tuple(_signature(t) for t in captured),
+        )
+        program = self._programs.get(key)
+        if program is None:
+            program = self._trace(api, fn, leaves, spec, tensor_pos, captured, x_slot)
+            self._programs[key] = program
+        return Bound(program, tensors + captured)
+
+    @staticmethod
+    def _trace(
+        api: str,
+        fn: Callable[..., object],
+        leaves: list[object],
+        spec: pytree.TreeSpec,
+        tensor_pos: list[int],
+        captured: tuple[Tensor, ...],
+        x_slot: int,
+    ) -> Program:
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        n_args = len(tensor_pos)
+
+        def traced(*flat: Tensor) -> object:
+            filled = list(leaves)
+            for pos, t in zip(tensor_pos, flat[:n_args], strict=True):
+                filled[pos] = t
+            call_args, call_kwargs = pytree.tree_unflatten(filled, spec)
+            swap = {id(c): p for c, p in zip(captured, flat[n_args:], strict=True)}
+            with _Lift(swap, api):
+                return fn(*call_args, **call_kwargs)
+
+        TRACES[0] += 1
+        with _outside_functorch():
+            examples = [_example(cast("Tensor", leaves[i])) for i in tensor_pos]
+            examples += [_example(c) for c in captured]
+            try:
+                gm = make_fx(
+                    traced,
+                    decomposition_table=_decompositions(),
+                    tracing_mode="fake",
+                    _allow_non_fake_inputs=True,
+                )(*examples)
+            except UnsupportedOperationError:
+                raise
+            except Exception as error:
+                raise UnsupportedOperationError(
+                    message(
+                        api,
+                        "Taylor mode traces the function to ATen operations once per input "
+                        "shape, which needs code without data-dependent control flow or .item()",
+                        f"{type(error).__name__}: {str(error).splitlines()[0][:200]}",
+                        'Use method="nested" (or "auto", which falls back to it).',
+                    )
+                ) from error
+        return _compile(gm, x_slot)
