@@ -36,8 +36,8 @@ def _has_jet(values: Sequence[object]) -> bool:
     return False
 
 
-def run(program: Program, inputs: Sequence[Tensor], x: Jet, ctx: Context) -> object:
-    """Evaluate ``program`` on ``inputs`` with slot ``program.x_slot`` carrying the jet ``x``."""
+def run(program: Program, inputs: Sequence[Tensor], x: Jet | Tensor, ctx: Context) -> object:
+    """Evaluate ``program`` on ``inputs`` with slot ``program.x_slot`` holding ``x`` (a jet)."""
     env: list[object] = [None] * program.n_slots
     env[: len(inputs)] = inputs
     env[program.x_slot] = x
