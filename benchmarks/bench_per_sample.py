@@ -49,16 +49,18 @@ def make_case(name: str, batch: int) -> Case:
             nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10)
         )
         return model, loss, torch.randn(batch, 784), torch.randint(0, 10, (batch,))
-    if name == "cnn":
+    if name == "cnn":  # the small CNN of Opacus's MNIST example
         model = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1),
+            nn.Conv2d(1, 16, 8, stride=2, padding=3),
             nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1),
+            nn.MaxPool2d(2, 1),
+            nn.Conv2d(16, 32, 4, stride=2),
             nn.ReLU(),
-            nn.MaxPool2d(2),
+            nn.MaxPool2d(2, 1),
             nn.Flatten(),
-            nn.Linear(32 * 7 * 7, 10),
+            nn.Linear(32 * 4 * 4, 32),
+            nn.ReLU(),
+            nn.Linear(32, 10),
         )
         return model, loss, torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
     if name == "transformer":
@@ -127,9 +129,8 @@ def opacus_grads(case: Case) -> Callable[[], dict[str, Tensor]] | None:
     def run() -> dict[str, Tensor]:
         gsm.zero_grad(set_to_none=True)
         torch.autograd.backward(lossfunc(gsm(x), y))
-        return {
-            k.removeprefix("_module."): getattr(p, "grad_sample")  # noqa: B009 for k, p in gsm.named_parameters()
-        }
+        named = gsm.named_parameters()
+        return {k.removeprefix("_module."): getattr(p, "grad_sample") for k, p in named}  # noqa: B009
 
     return run
 

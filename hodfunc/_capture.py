@@ -226,15 +226,16 @@ def covered_layers(
     out: Tensor,
     losses: Tensor,
     records: list[Record],
-) -> dict[str, list[Record]]:
-    """The modules whose parameters the batched pass handles, each with its calls (see top)."""
+) -> dict[str, list[Record]] | None:
+    """The modules whose parameters the batched pass handles, each with its calls (see top);
+    None when the model mixes samples, so that the batched graph is no per-sample graph."""
     ref_out, ref_records = ref
     eps = torch.finfo(out.dtype).eps if out.is_floating_point() else 0.0
     scale = max(1.0, float(ref_out.abs().max())) if ref_out.numel() else 1.0
     if ref_out.shape != out[:1].shape or not torch.allclose(
         ref_out, out[:1].detach(), rtol=0.0, atol=eps**0.5 * scale
     ):
-        return {}  # the model mixes samples: nothing is safe to read off the batched pass
+        return None  # the model mixes samples: nothing is safe to read off the batched pass
     calls: dict[str, list[Record]] = {}
     for r in records:
         calls.setdefault(r.name, []).append(r)

@@ -99,7 +99,7 @@ def per_sample_grad_norms(
                 n = part[0].shape[0]
                 out, losses, records = _capture.forward(ctx, part)
                 if first is None:
-                    first = _capture.covered_layers(ctx, n, ref, out, losses, records)
+                    first = _capture.covered_layers(ctx, n, ref, out, losses, records) or {}
                     calls = first
                     if not first:
                         break
@@ -118,6 +118,18 @@ def _dtype(ctx: _capture.Context, batch: tuple[Tensor, ...]) -> torch.dtype:
     for p in ctx.params.values():
         return p.dtype
     return batch[0].dtype if batch[0].is_floating_point() else torch.get_default_dtype()
+
+
+def _clipped_by_vmap(
+    ctx: _capture.Context, batch: tuple[Tensor, ...], clip: float
+) -> dict[str, Tensor]:
+    """The clipped sum from ``vmap(grad)`` per-sample gradients (models that mix samples)."""
+    grads = _capture.vmap_grads(ctx, list(ctx.params), batch, None)
+    size = batch[0].shape[0]
+    norms = torch.stack([g.reshape(size, -1).square().sum(1) for g in grads.values()]).sum(0)
+    norms = norms.sqrt()
+    weights = torch.where(norms > clip, clip / norms, torch.ones_like(norms))
+    return {k: torch.tensordot(weights, g, dims=1) for k, g in grads.items()}
 
 
 def check_max_norm(api: str, max_norm: object) -> float:
@@ -184,9 +196,11 @@ def clipped_grad_sum(
     with torch.random.fork_rng(devices=[]):
         ref = _capture.probe(ctx, batch) if ctx.layers else None
         out, losses, records = _capture.forward(ctx, batch)
-        covered: dict[str, list[_capture.Record]] = {}
+        covered: dict[str, list[_capture.Record]] | None = {}
         if ref is not None:
             covered = _capture.covered_layers(ctx, size, ref, out, losses, records)
+        if covered is None:  # the model mixes samples: no batched graph to reweight
+            return _clipped_by_vmap(ctx, batch, clip)
         done = _capture.covered_params(ctx, covered)
         rest = [k for k in ctx.params if k not in done]
         forms = _capture.layer_factors(ctx, covered, losses.sum(), retain_graph=bool(rest))

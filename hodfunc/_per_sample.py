@@ -214,7 +214,7 @@ def _batched_grads(
         n = part[0].shape[0]
         outputs, losses, records = _capture.forward(ctx, part)
         if first is None:
-            first = _capture.covered_layers(ctx, n, ref, outputs, losses, records)
+            first = _capture.covered_layers(ctx, n, ref, outputs, losses, records) or {}
             calls = first
             for name in first:
                 for k in ctx.layers[name][2].values():
