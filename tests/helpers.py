@@ -64,6 +64,7 @@ def assert_close(actual: Tensor, expected: Tensor, rtol: float = 1e-10) -> None:
     Scaling by the largest entry keeps entries that should be zero (but come out as rounding noise
     of the order of the others) from failing a purely relative test.
     """
+    actual, expected = actual.detach(), expected.detach()
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
     scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
