@@ -13,7 +13,7 @@ Two more questions are answered in subprocesses, so that they cannot disturb the
 peak memory of ``per_sample_grads`` with ``chunk_size`` (growth of ``ru_maxrss``), and the
 effect of ``hodfunc.tune_cpu_allocator()`` on the recipe and on ``per_sample_grads``.
 
-    .venv/bin/python benchmarks/bench_per_sample.py [--quick] [--threads N]
+    .venv/bin/python benchmarks/bench_per_sample.py [--quick] [--threads 2,1]
 """
 
 from __future__ import annotations
@@ -24,9 +24,12 @@ import importlib
 import importlib.util
 import json
 import resource
+import statistics
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from _common import median_seconds, table, write_json
@@ -210,30 +213,49 @@ def bench_case(name: str, batch: int, repeats: int) -> dict[str, object]:
                 skipped[label] = "disagrees with vmap(grad)"
         except Exception as e:  # a baseline that cannot run this model is skipped, not fatal
             skipped[label] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
-    # interleave the methods over the repeats so that load from other processes hits all alike
+    # interleave the methods over the rounds so that load from other processes hits all alike
     times: dict[str, list[float]] = {k: [] for k in methods}
     for _ in range(repeats):
         for k, fn in methods.items():
             times[k].append(median_seconds(fn, repeats=3, warmup=1))
-    ms = {k: sorted(v)[len(v) // 2] * 1e3 for k, v in times.items()}
-    base = ms["backward"]
+    ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    best = {k: min(v) * 1e3 for k, v in times.items()}
     return {
         "model": name,
         "batch": batch,
+        "threads": torch.get_num_threads(),
         "ms": ms,
-        "ratio_to_backward": {k: v / base for k, v in ms.items()},
+        "best_ms": best,
+        "ratio_to_backward": {k: v / ms["backward"] for k, v in ms.items()},
+        "best_ratio_to_backward": {k: v / best["backward"] for k, v in best.items()},
         "speedup_over_vmap_grad": {k: ms["vmap(grad)"] / v for k, v in ms.items()},
+        "best_speedup_over_vmap_grad": {k: best["vmap(grad)"] / v for k, v in best.items()},
         "skipped": skipped,
     }
+
+
+def _rss_kib(field: str) -> int:
+    """``VmRSS`` or ``VmHWM`` of this process from /proc, in KiB (0 where unavailable)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def memory_child(name: str, batch: int, chunk: int | None) -> None:
     """In a fresh process: peak RSS growth of one per_sample_grads call (printed as JSON)."""
     model, loss_fn, x, y = make_case(name, batch)
     hodfunc.per_sample_grads(model, loss_fn, x[:2], y[:2])  # warm up imports and kernels
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:  # reset the high-water mark to the current RSS (Linux), so the peak is this call's
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _rss_kib("VmRSS")
+    except OSError:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result = hodfunc.per_sample_grads(model, loss_fn, x, y, chunk_size=chunk)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = _rss_kib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result_mb = sum(t.numel() * t.element_size() for t in result.values()) / 2**20
     print(json.dumps({"peak_growth_mb": (after - before) / 1024, "result_mb": result_mb}))
 
@@ -271,12 +293,13 @@ def child(args: list[str]) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="batch 128 only, fewer repeats")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--threads", default="2,1", help="comma-separated torch.set_num_threads values to run"
+    )
     parser.add_argument("--memory-child", nargs=3, metavar=("MODEL", "BATCH", "CHUNK"))
     parser.add_argument("--allocator-child", nargs=4, metavar=("MODEL", "BATCH", "TUNE", "REPS"))
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(int(args.threads.split(",")[0]))
     if args.memory_child:
         m, b, c = args.memory_child
         memory_child(m, int(b), None if c == "none" else int(c))
@@ -285,33 +308,25 @@ def main() -> None:
         m, b, t, r = args.allocator_child
         allocator_child(m, int(b), t == "1", int(r))
         return
-    threads = ["--threads", str(args.threads)] if args.threads else []
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")  # Opacus
+    warnings.filterwarnings("ignore", message="There is a performance drop")  # vmap of SDPA
     repeats = 3 if args.quick else 7
     batches = [128] if args.quick else [32, 128]
     rows: list[dict[str, object]] = []
-    for name in ("mlp", "cnn", "transformer"):
-        for batch in batches:
-            rows.append(bench_case(name, batch, repeats))
-            print(f"done {name} {batch}", file=sys.stderr)
-    labels = sorted({k for r in rows for k in r["ratio_to_backward"]}, key=_order)  # type: ignore[attr-defined]
-    print("Time as a multiple of one batched backward (lower is better); backward in ms")
-    print(
-        table(
-            ["model", "B", "backward ms", *labels],
-            [
-                [
-                    str(r["model"]),
-                    str(r["batch"]),
-                    f"{r['ms']['backward']:.1f}",  # type: ignore[index]
-                    *(
-                        f"{r['ratio_to_backward'].get(k, float('nan')):.2f}"  # type: ignore[attr-defined]
-                        for k in labels
-                    ),
-                ]
-                for r in rows
-            ],
+    for n_threads in [int(t) for t in args.threads.split(",")]:
+        torch.set_num_threads(n_threads)
+        for name in ("mlp", "cnn", "transformer"):
+            for batch in batches:
+                rows.append(bench_case(name, batch, repeats))
+                print(f"done {name} {batch} threads={n_threads}", file=sys.stderr)
+        part = [r for r in rows if r["threads"] == n_threads]
+        labels = sorted({k for r in part for k in r["ratio_to_backward"]}, key=_order)  # type: ignore[attr-defined]
+        print(
+            f"\n{n_threads} thread(s). Time as a multiple of one batched backward, median of "
+            f"{repeats} interleaved rounds (best round in brackets); backward in ms"
         )
-    )
+        print(table(["model", "B", "backward ms", *labels], [_cells(r, labels) for r in part]))
+    threads = ["--threads", args.threads.split(",")[0]]
     memory: list[dict[str, object]] = []
     for name in ("mlp", "cnn", "transformer"):
         for chunk in ("none", "32", "8"):
@@ -358,6 +373,15 @@ def main() -> None:
         [*rows, {"memory": memory}, {"allocator": alloc}],
     )
     print(f"\nwrote {path}")
+
+
+def _cells(r: dict[str, object], labels: list[str]) -> list[str]:
+    """One table row: median ratio with the best-round ratio in brackets."""
+    med: dict[str, float] = r["ratio_to_backward"]  # type: ignore[assignment]
+    best: dict[str, float] = r["best_ratio_to_backward"]  # type: ignore[assignment]
+    ms: dict[str, float] = r["ms"]  # type: ignore[assignment]
+    cells = [f"{med[k]:.2f} ({best[k]:.2f})" if k in med else "-" for k in labels]
+    return [str(r["model"]), str(r["batch"]), f"{ms['backward']:.1f}", *cells]
 
 
 def _order(label: str) -> int:

@@ -60,7 +60,9 @@ def per_sample_grad_norms(
         model: the module; BatchNorm layers must be in eval mode.
         loss_fn: ``loss_fn(output, *targets)`` returning one number for a batch of one.
         *batch: the model input first, then the loss's extra tensors, all with leading size B.
-        chunk_size: samples per batched pass; bounds peak memory.
+        chunk_size: samples per batched pass; peak memory is one batched forward and backward
+            of ``chunk_size`` samples plus a transient buffer of at most 4M elements per layer
+            (or vmap's working set for ``chunk_size`` samples where parameters fall back).
 
     Returns:
         A tensor of shape ``(B,)``.

@@ -144,21 +144,28 @@ def per_sample_grads(
 
     Entry ``i`` of ``result[name]`` is ``d loss_i / d param`` with
     ``loss_i = loss_fn(model(batch[0][i:i+1]), *(b[i:i+1] for b in batch[1:]))``. For Linear,
-    Conv1d/Conv2d, Embedding, LayerNorm, RMSNorm and GroupNorm layers it is read off one batched
-    forward and backward (``grad W_i = sum_t delta_it a_it^T``); every other parameter
-    (MultiheadAttention's projections, BatchNorm's affine, custom modules) falls back to
-    ``vmap(grad(functional_call))``. The batched pass assumes the model treats samples
-    independently, and checks it against a forward of sample 0 alone (falling back if not).
-    ``.grad``, parameters, buffers, the module's mode and the RNG state are left as they were.
+    Conv1d/2d/3d (``groups=1``), Embedding, LayerNorm, RMSNorm and GroupNorm layers it is read
+    off one batched forward and backward: ``grad W_i = sum_t delta_it a_it^T`` from the layer's
+    input ``a`` and output gradient ``delta``. Every other parameter (MultiheadAttention's
+    projections, BatchNorm's affine, weights shared between layers, custom modules) falls back
+    to ``vmap(grad(functional_call))``, for those parameters only. The batched pass assumes the
+    model treats samples independently and checks it against a forward of sample 0 alone (it
+    falls back if not). ``.grad``, parameters, buffers, the module's mode and the RNG state are
+    left as they were; large results are allocated on huge pages where the OS allows, which
+    changes nothing outside them.
 
     Args:
         model: the module; BatchNorm layers must be in eval mode.
         loss_fn: ``loss_fn(output, *targets)`` returning one number for a batch of one.
         *batch: the model input first, then the loss's extra tensors, all with leading size B.
-        chunk_size: samples per batched pass (and per vmap call); peak memory beyond the result
-            grows with it (activations, unfolded conv inputs of ``chunk_size`` samples).
+        chunk_size: samples per batched pass and per vmap call. Peak memory is the result
+            (``B`` times the trainable parameters) plus what one batched forward and backward of
+            ``chunk_size`` samples holds (activations, output gradients, for convolutions one
+            chunk of per-sample weight gradients), plus vmap's working set for ``chunk_size``
+            samples when some parameters fall back. ``None``: the whole batch at once.
         out: a previous result (or tensors laid out like it) to write into, so that a training
-            loop allocates the ``(B, *param.shape)`` buffers once. They are overwritten.
+            loop allocates the ``(B, *param.shape)`` buffers once. They are overwritten; this is
+            the one argument hodfunc writes to.
 
     Returns:
         A dict from parameter name to a tensor of shape ``(B, *param.shape)`` (``out``'s tensors
