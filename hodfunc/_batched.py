@@ -130,8 +130,8 @@ def batched(
     Example:
         >>> import torch, hodfunc
         >>> d2 = hodfunc.batched(hodfunc.derivative(torch.sin, order=2), chunk_size=2)
-        >>> d2(torch.tensor([0.0, 1.0, 2.0]))
-        tensor([-0.0000, -0.8415, -0.9093])
+        >>> d2(torch.tensor([0.5, 1.0, 2.0]))
+        tensor([-0.4794, -0.8415, -0.9093])
     """
     api = "hodfunc.batched"
     chunk = check_chunk_size(api, chunk_size)
