@@ -135,13 +135,18 @@ def batched(
     """
     api = "hodfunc.batched"
     chunk = check_chunk_size(api, chunk_size)
+    fn_any: Callable[..., object] = fn
 
     @functools.wraps(fn)
     def wrapped(*args: P.args, **kwargs: P.kwargs) -> Tensor:
         dims = _dims(api, in_dims, len(args))
         total = _batch_size(api, args, dims)
         step = total if chunk is None else chunk
-        mapped: Callable[..., object] = vmap(fn, in_dims=tuple(dims))
+
+        def checked(*a: object, **k: object) -> Tensor:  # typed error, not vmap's ValueError
+            return check_output(api, fn_any(*a, **k))
+
+        mapped: Callable[..., object] = vmap(checked, in_dims=tuple(dims))
         pieces: list[Tensor] = []
         with _progress(progress, total) as bar:
             for start in range(0, total, step):
