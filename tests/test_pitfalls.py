@@ -82,11 +82,15 @@ def test_relu_network_has_zero_second_and_higher_derivatives_almost_everywhere()
     net = _relu_net()
     f: Callable[[Tensor], Tensor] = lambda x: net(x.reshape(1)).squeeze()  # noqa: E731
     points = torch.linspace(-3, 3, 7, dtype=torch.float64) + 0.0123  # off the kinks
-    orders = torch.func.vmap(hodfunc.derivatives(f, 4))(points)  # (points, 5)
+    orders = torch.func.vmap(hodfunc.derivatives(f, 4, method="nested"))(points)  # (points, 5)
     assert orders[:, 1].abs().min() > 0  # the slope is not zero ...
     assert torch.equal(orders[:, 2:], torch.zeros_like(orders[:, 2:]))  # ... every higher one is
     for x in points[:2]:
         assert torch.equal(imperative.derivatives(f, 4)(x)[2:], torch.zeros(3, dtype=torch.float64))
+    # By default hodfunc also says why, naming the op.
+    with pytest.warns(hodfunc.PiecewiseLinearWarning, match="aten.relu"):
+        default = hodfunc.derivatives(f, 4)(points[0])
+    assert torch.equal(default, orders[0])
 
 
 def test_a_smooth_network_has_nonzero_second_derivatives() -> None:
