@@ -345,7 +345,9 @@ def _derive(args: argparse.Namespace) -> int:
     import numpy as np
 
     points = np.asarray(at, dtype=np.float64)
-    values = _evaluate(expr, points, order, args.method, args.dtype)
+    values = (
+        _evaluate(expr, points, order, args.method, args.dtype) if at else np.zeros((0, order + 1))
+    )
     if args.plot is not None:
         from ._plot import plot_derivatives
 

@@ -15,8 +15,10 @@ only when the parsed expression is first evaluated, so a refusal costs milliseco
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import operator
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -41,9 +43,9 @@ __all__ = [
 MAX_LENGTH: Final = 1000
 """Most characters an expression may have."""
 MAX_NODES: Final = 500
-"""Most syntax-tree nodes an expression may have."""
-MAX_DEPTH: Final = 100
-"""Deepest nesting of operations and calls."""
+"""Most operations and operands (``ast.expr`` nodes) an expression may have."""
+MAX_DEPTH: Final = 200
+"""Deepest nesting of operations and calls (a sum of n terms nests n deep)."""
 MAX_EXPONENT: Final = 64.0
 """Largest ``|c|`` allowed in ``a ** c`` or ``pow(a, c)`` when ``c`` is a constant."""
 
@@ -311,7 +313,8 @@ def _value(name: str, a: list[float | None]) -> float:
 
 def _count(tree: ast.AST, api: str) -> None:
     """Refuse trees with more than ``MAX_NODES`` nodes, without recursion."""
-    for n, _ in enumerate(ast.walk(tree), start=1):
+    nodes = (node for node in ast.walk(tree) if isinstance(node, ast.expr))
+    for n, _ in enumerate(nodes, start=1):
         if n > MAX_NODES:
             raise _fail(
                 api,
@@ -393,7 +396,9 @@ def parse(text: str, var: str = "x", *, api: str = "EXPR") -> Expression:
             "Write it with plain ASCII letters, digits and + - * / ( ).",
         )
     try:
-        tree = ast.parse(source, mode="eval")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SyntaxWarnings would print a second line
+            tree = ast.parse(source, mode="eval")
     except SyntaxError as err:
         column = f" at column {err.offset}" if err.offset else ""
         raise _fail(
@@ -433,9 +438,14 @@ class Expression:
     def __repr__(self) -> str:
         return f"Expression({self.text!r}, var={self.var!r})"
 
+    @functools.cached_property
+    def folded(self) -> Node:
+        """The tree with constant sub-trees replaced by their values (computed on first use)."""
+        return _fold(self.root)
+
     def __call__(self, x: Tensor) -> Tensor:
         """Evaluate at ``x`` (any shape); the result has ``x``'s shape and dtype."""
-        folded = _fold(self.root)
+        folded = self.folded
         if isinstance(folded, Num):
             import torch
 
