@@ -24,6 +24,7 @@ from typing import ParamSpec
 import torch
 from torch import Tensor, nn
 
+from ._ghost import check_max_norm
 from ._per_sample import LossFn, check_batch, check_per_sample_module
 from ._validate import (
     check_argnums,
@@ -37,7 +38,15 @@ from ._validate import (
     warn_precision,
 )
 
-__all__ = ["derivative", "derivatives", "hessian", "partial", "per_sample_grads"]
+__all__ = [
+    "clipped_grad_sum",
+    "derivative",
+    "derivatives",
+    "hessian",
+    "partial",
+    "per_sample_grad_norms",
+    "per_sample_grads",
+]
 
 P = ParamSpec("P")
 
@@ -225,3 +234,46 @@ def per_sample_grads(
             for k, p in named:
                 rows[k].append(torch.zeros_like(p) if p.grad is None else p.grad.detach().clone())
     return {k: torch.stack(v) for k, v in rows.items()}
+
+
+def per_sample_grad_norms(
+    model: nn.Module, loss_fn: LossFn, *batch: Tensor, chunk_size: int | None = None
+) -> Tensor:
+    """Imperative twin of ``hodfunc.per_sample_grad_norms``: norms of the one-sample loop's grads.
+
+    >>> import torch
+    >>> from hodfunc import imperative
+    >>> model = torch.nn.Linear(2, 1, bias=False)
+    >>> _ = model.weight.data.fill_(1.0)
+    >>> x, y = torch.tensor([[3.0, 4.0], [0.0, 1.0]]), torch.zeros(2, 1)
+    >>> imperative.per_sample_grad_norms(model, torch.nn.functional.mse_loss, x, y)
+    tensor([70.,  2.])
+    """
+    grads = per_sample_grads(model, loss_fn, *batch, chunk_size=chunk_size)
+    size = check_batch("hodfunc.imperative.per_sample_grad_norms", batch)
+    squares = [g.reshape(size, -1).square().sum(1) for g in grads.values()]
+    return torch.stack(squares).sum(0).sqrt() if squares else batch[0].new_zeros(size)
+
+
+def clipped_grad_sum(
+    model: nn.Module, loss_fn: LossFn, *batch: Tensor, max_norm: float
+) -> dict[str, Tensor]:
+    """Imperative twin of ``hodfunc.clipped_grad_sum``: per sample ``.backward()``, clip, add.
+
+    >>> import torch
+    >>> from hodfunc import imperative
+    >>> model = torch.nn.Linear(2, 1, bias=False)
+    >>> _ = model.weight.data.fill_(1.0)
+    >>> x, y = torch.tensor([[3.0, 4.0], [0.0, 1.0]]), torch.zeros(2, 1)
+    >>> imperative.clipped_grad_sum(model, torch.nn.functional.mse_loss, x, y, max_norm=1.0)
+    {'weight': tensor([[0.6000, 1.8000]])}
+    """
+    clip = check_max_norm("hodfunc.imperative.clipped_grad_sum", max_norm)
+    grads = per_sample_grads(model, loss_fn, *batch)
+    total = {k: torch.zeros_like(g[0]) for k, g in grads.items()}
+    for i in range(batch[0].shape[0]):
+        norm = torch.stack([g[i].square().sum() for g in grads.values()]).sum().sqrt()
+        scale = min(1.0, clip / float(norm)) if float(norm) > 0 else 1.0
+        for k, g in grads.items():
+            total[k] += scale * g[i]
+    return total

@@ -501,3 +501,17 @@ def test_tune_cpu_allocator_is_explicit_and_validated() -> None:
         pytest.skip("glibc only")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "{'M_MMAP_MAX': 0, 'M_TRIM_THRESHOLD': 1073741824}"
+
+
+@pytest.mark.parametrize("name", ["conv2d", "transformer", "centred"])
+def test_imperative_twins_agree_with_the_functional_path(name: str) -> None:
+    model, loss, batch = _to(torch.float64, name)
+    norms = imperative.per_sample_grad_norms(model, loss, *batch)
+    _assert_close(hodfunc.per_sample_grad_norms(model, loss, *batch), norms, 1e-10, "norms")
+    max_norm = float(norms.median())
+    want = imperative.clipped_grad_sum(model, loss, *batch, max_norm=max_norm)
+    got = hodfunc.clipped_grad_sum(model, loss, *batch, max_norm=max_norm)
+    for k in want:
+        _assert_close(got[k], want[k], 1e-10, k)
+    with pytest.raises(hodfunc.ArgumentError, match=r"imperative.clipped_grad_sum: max_norm"):
+        imperative.clipped_grad_sum(model, loss, *batch, max_norm=-1.0)
