@@ -14,11 +14,11 @@ from typing import ParamSpec
 
 import torch
 from torch import Tensor
-from torch.func import jacfwd
+from torch.func import jacfwd, jacrev
 from typing_extensions import TypeVarTuple, Unpack
 
 from . import _engines as _engines
-from ._call import Call
+from ._call import Call, append_parameter
 from ._engine import Method, resolve
 from ._validate import (
     check_argnums,
@@ -166,6 +166,7 @@ def directional_derivative(
         warn_precision(api, call.x, order)
         return engine.jet(call, direction.to(call.x.dtype), order)[order]
 
+    append_parameter(wrapped, f, "v")
     return wrapped
 
 
@@ -201,7 +202,8 @@ def derivative_tensor(
     """The full ``order``-th derivative tensor, of shape ``out_shape + in_shape * order``.
 
     Entry ``[o, i1, ..., ik]`` is ``d^k f_o / dx_i1 ... dx_ik``; order 1 is the Jacobian, order 2
-    the Hessian. Built by nesting ``torch.func.jacfwd`` ``order`` times.
+    the Hessian. Built as ``jacrev`` wrapped ``order - 1`` times in ``torch.func.jacfwd``
+    (forward over reverse, like ``torch.func.hessian``).
 
     Example:
         >>> import torch, hodfunc
@@ -220,8 +222,8 @@ def derivative_tensor(
         call = Call.bind(api, f, args, kwargs, argnums)
         warn_precision(api, call.x, order)
         g: Callable[[Tensor], Tensor] = call.at
-        for _ in range(order):
-            g = jacfwd(g)
+        for level in range(order):
+            g = jacrev(g) if level == 0 else jacfwd(g)
         return g(call.x)
 
     return wrapped

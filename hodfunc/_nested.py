@@ -1,8 +1,12 @@
-"""The ``"nested"`` method: derivatives by composing ``torch.func.jvp`` and ``vmap``.
+"""The ``"nested"`` method: derivatives by composing ``torch.func`` transforms.
 
-Forward mode fits the quantities here: every primitive is a derivative along a direction of the
-single free argument, so nesting ``jvp`` needs no scalar output and keeps the output's shape. The
-cost doubles with each order; that is the baseline the Taylor engine is measured against.
+Every primitive is a derivative along a direction of the single free argument, so the outer levels
+nest ``jvp`` (forward mode keeps the output's shape and needs no scalar output). The innermost
+level is reverse mode (``jacrev`` contracted with the direction): forward over reverse, as in
+``torch.func.hessian``. Forward over forward would be as exact in principle, but torch 2.13's
+second-order forward rules for some ops are wrong (LayerNorm drops a term: ``jacfwd(jacfwd(f))``
+differs from ``jacfwd(jacrev(f))``), and the equivalence suite holds this method to the imperative
+path. The cost doubles with each order; that is the baseline the Taylor engine is measured against.
 """
 
 from __future__ import annotations
@@ -11,21 +15,37 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.func import jvp, vmap
+from torch.func import jacrev, jvp, vmap
 
 from ._call import Call
 
 Fn = Callable[[Tensor], Tensor]
 
 
+def value_and_directional(g: Fn, v: Tensor) -> Fn:
+    """Return ``x -> stack([g(x), J_g(x) v])`` with the Jacobian from reverse mode."""
+
+    def both(x: Tensor) -> tuple[Tensor, Tensor]:
+        out = g(x)
+        return out, out
+
+    def level(x: Tensor) -> Tensor:
+        jac, out = jacrev(both, has_aux=True)(x)  # jac: out_shape + x.shape
+        return torch.stack([out, torch.tensordot(jac, v, dims=v.dim())])
+
+    return level
+
+
 def jet_fn(g: Fn, v: Tensor, order: int) -> Fn:
     """Return ``x -> stack([d^k/dt^k g(x + t v) at t=0 for k in 0..order])``.
 
-    Each level is one ``jvp`` of the level below; its primal output already holds the lower orders,
-    so all orders come out of one nest.
+    Order 1 is reverse mode; each further level is one ``jvp`` of the level below, whose primal
+    output already holds the lower orders, so all orders come out of one nest.
     """
     if order == 0:
         return lambda x: g(x).unsqueeze(0)
+    if order == 1:
+        return value_and_directional(g, v)
     inner = jet_fn(g, v, order - 1)
 
     def level(x: Tensor) -> Tensor:
@@ -49,9 +69,12 @@ def basis(x: Tensor) -> Tensor:
 
 
 def partial_fn(g: Fn, x: Tensor, wrt: tuple[int, ...]) -> Fn:
-    """Return ``x -> d^n g / dx[wrt[0]] ... dx[wrt[-1]]`` as nested ``jvp`` along basis vectors."""
+    """Return ``x -> d^n g / dx[wrt[0]] ... dx[wrt[-1]]``: reverse mode, then nested ``jvp``."""
     if not wrt:
         return g
+    if len(wrt) == 1:
+        e = unit(x, wrt[0])
+        return lambda y: torch.tensordot(jacrev(g)(y), e, dims=e.dim())
     inner = partial_fn(g, x, wrt[:-1])
     e = unit(x, wrt[-1])
 

@@ -272,7 +272,6 @@ def test_layer_norm_hessian_is_right() -> None:
     assert_close(hodfunc.hessian(f)(X_LN), imperative.hessian(f)(X_LN))
 
 
-@pytest.mark.xfail(strict=True, reason="torch 2.13 forward-over-forward LayerNorm (#198017)")
 def test_layer_norm_nested_partial() -> None:
     f = _layer_norm_fn()
     assert_close(
@@ -280,7 +279,6 @@ def test_layer_norm_nested_partial() -> None:
     )
 
 
-@pytest.mark.xfail(strict=True, reason="torch 2.13 forward-over-forward LayerNorm (#198017)")
 def test_layer_norm_derivative_tensor() -> None:
     f = _layer_norm_fn()
     assert_close(hodfunc.derivative_tensor(f, 2)(X_LN), imperative.hessian(f)(X_LN))
