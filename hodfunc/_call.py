@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -47,3 +48,18 @@ class Call:
         """Evaluate the function with the free argument replaced by ``x``."""
         args = (*self.args[: self.argnum], x, *self.args[self.argnum + 1 :])
         return check_output(self.api, self.fn(*args, **self.kwargs))
+
+
+def append_parameter(wrapper: Callable[..., object], f: Callable[..., object], name: str) -> None:
+    """Make ``inspect.signature(wrapper)`` show ``f``'s parameters plus a trailing ``name``.
+
+    For transforms that return ``g(*args, v)``: ``functools.wraps`` alone would show ``f``'s.
+    """
+    try:
+        sig = inspect.signature(f)
+    except (TypeError, ValueError):  # builtins without a signature: leave wraps' answer
+        return
+    params = [p for p in sig.parameters.values() if p.kind <= p.POSITIONAL_OR_KEYWORD]
+    params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_ONLY))
+    params = [p.replace(kind=inspect.Parameter.POSITIONAL_ONLY) for p in params]
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]

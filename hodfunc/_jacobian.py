@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.func import grad, jacrev, jvp, vmap
 from typing_extensions import TypeVarTuple, Unpack
 
-from ._call import Call
+from ._call import Call, append_parameter
 from ._nested import basis
 from ._validate import (
     check_argnums,
@@ -116,4 +116,5 @@ def hvp(
         result: Tensor = jvp(grad(scalar), (call.x,), (direction.to(call.x.dtype),))[1]
         return result
 
+    append_parameter(wrapped, f, "v")
     return wrapped
