@@ -15,8 +15,10 @@ from torch import Tensor
 from ._call import Call
 from ._errors import ArgumentError, message
 
-Method = Literal["auto", "nested"]
-"""The derivative methods: ``"nested"`` composes torch.func transforms; ``"auto"`` picks."""
+Method = Literal["auto", "nested", "taylor"]
+"""The derivative methods: ``"nested"`` composes torch.func transforms; ``"taylor"`` propagates
+truncated Taylor series on a traced graph (O(K^2) per op); ``"auto"`` uses Taylor mode where every
+operation has a rule and falls back to nested with a ``FallbackWarning`` otherwise."""
 
 
 class Engine(Protocol):

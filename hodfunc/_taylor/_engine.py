@@ -88,10 +88,10 @@ class TaylorEngine:
         return torch.cat([value.unsqueeze(0), rest])
 
     def _warn(self, api: str, ctx: Context, order: int) -> None:
-        if order < 2 or not ctx.piecewise or self._warned_piecewise:
+        if order < 2 or not ctx.reached or self._warned_piecewise:
             return
         self._warned_piecewise = True
-        ops = ", ".join(sorted(ctx.piecewise))
+        ops = ", ".join(sorted(ctx.reached))
         warnings.warn(
             message(
                 api,

@@ -49,7 +49,30 @@ def run(program: Program, inputs: Sequence[Tensor], x: Jet | Tensor, ctx: Contex
         assert isinstance(args, tuple)
         assert isinstance(kwargs, dict)
         if ins.depends and (_has_jet(args) or _has_jet(tuple(kwargs.values()))):
-            env[ins.slot] = lookup(ins.name)(ctx, ins.fn, args, kwargs)
+            ctx.piecewise.clear()
+            out = lookup(ins.name)(ctx, ins.fn, args, kwargs)
+            tags = _tags(args) | ctx.piecewise
+            env[ins.slot] = _retag(out, frozenset(tags)) if tags else out
         else:
             env[ins.slot] = ins.fn(*args, **kwargs)
-    return _resolve(program.output, env)
+    result = _resolve(program.output, env)
+    ctx.reached = result.through if isinstance(result, Jet) else frozenset()
+    return result
+
+
+def _tags(values: Sequence[object]) -> set[str]:
+    tags: set[str] = set()
+    for v in values:
+        if isinstance(v, Jet):
+            tags |= v.through
+        elif isinstance(v, (list, tuple)):
+            tags |= _tags(v)
+    return tags
+
+
+def _retag(out: object, tags: frozenset[str]) -> object:
+    if isinstance(out, Jet):
+        return Jet(out.c, out.through | tags)
+    if isinstance(out, (list, tuple)):
+        return type(out)(_retag(o, tags) for o in out)
+    return out

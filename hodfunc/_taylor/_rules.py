@@ -39,6 +39,8 @@ class Jet:
     """An input-dependent tensor: its coefficients, stacked on a leading axis."""
 
     c: Tensor
+    through: frozenset[str] = frozenset()
+    """The piecewise-linear ops on this value's path (kept by the interpreter, not by rules)."""
 
     @property
     def rank(self) -> int:
@@ -48,11 +50,17 @@ class Jet:
 
 @dataclass
 class Context:
-    """State of one propagation: the algebra, and the piecewise-linear ops passed through."""
+    """State of one propagation: the algebra, and the piecewise-linear ops met.
+
+    A piecewise rule adds its op to ``piecewise``; the interpreter moves those names onto the
+    result's ``Jet.through`` and unions them along the graph, so ``reached`` (set at the end) names
+    only the ops on the output's path, not those feeding a mask (as ``abs`` in ``logsumexp``).
+    """
 
     algebra: Algebra
     api: str
     piecewise: set[str] = field(default_factory=set)
+    reached: frozenset[str] = frozenset()
 
 
 Rule = Callable[[Context, Callable[..., object], tuple[object, ...], Mapping[str, object]], object]
@@ -656,7 +664,7 @@ def _leaky_relu(
     assert isinstance(a, Jet)
     slope = args[1] if len(args) > 1 else kwargs.get("negative_slope", 0.01)
     assert isinstance(slope, (int, float))
-    factor = torch.where(a.c[0] > 0, 1.0, slope).to(a.c.dtype)
+    factor = torch.full_like(a.c[0], slope).masked_fill(a.c[0] > 0, 1.0)
     return _masked(ctx, "aten.leaky_relu", a, a.c[0] * factor, factor)
 
 
@@ -739,6 +747,8 @@ def _extremum(
         ctx.piecewise.add(f"aten.{name.split('.')[0]}")
     dims = args[1] if len(args) > 1 else kwargs.get("dim", [])
     keep = bool(args[2]) if len(args) > 2 else bool(kwargs.get("keepdim", False))
+    if a.rank == 0:  # the extremum of a number is that number
+        return (a, torch.zeros((), dtype=torch.long)) if isinstance(dims, int) else a
     if isinstance(dims, int):
         d = _dim(dims, a.rank) - 1
         index = arg(a.c[0], d, keepdim=True)

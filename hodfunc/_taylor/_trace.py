@@ -259,6 +259,23 @@ def _refs(value: object, ref: Callable[[torch.fx.Node], Ref]) -> object:
     return value
 
 
+def _private_in_place(name: str, node: torch.fx.Node) -> bool:
+    """An in-place op (``add_``) on an intermediate that nothing else reads may run out of place.
+
+    Decompositions emit such ops (``squeeze_`` after a matmul). An in-place op on an input, a
+    captured tensor or a value with other readers (a view taken earlier) keeps its name, has no
+    rule, and so falls back: a rule returns a new value and would drop the mutation.
+    """
+    if not name.endswith("_") or name.startswith("_") or not node.args:
+        return False
+    target = node.args[0]
+    return (
+        isinstance(target, torch.fx.Node)
+        and target.op == "call_function"
+        and len(target.users) == 1
+    )
+
+
 def _compile(gm: torch.fx.GraphModule, x_slot: int) -> Program:
     graph = gm.graph
     graph.eliminate_dead_code()
@@ -296,6 +313,8 @@ def _compile(gm: torch.fx.GraphModule, x_slot: int) -> Program:
             elif isinstance(target, torch._ops.OpOverload):
                 name = target._schema.name.split("::")[-1]
                 overload = target._overloadname
+                if _private_in_place(name, node):
+                    name = name[:-1]
             else:
                 name, overload = str(target), ""
             dep = uses_x((args, kwargs))
