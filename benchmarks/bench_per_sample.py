@@ -296,6 +296,8 @@ def main() -> None:
     parser.add_argument(
         "--threads", default="2,1", help="comma-separated torch.set_num_threads values to run"
     )
+    parser.add_argument("--rounds", type=int, default=0, help="interleaved timing rounds")
+    parser.add_argument("--models", default="mlp,cnn,transformer", help="comma-separated")
     parser.add_argument("--memory-child", nargs=3, metavar=("MODEL", "BATCH", "CHUNK"))
     parser.add_argument("--allocator-child", nargs=4, metavar=("MODEL", "BATCH", "TUNE", "REPS"))
     args = parser.parse_args()
@@ -310,12 +312,12 @@ def main() -> None:
         return
     warnings.filterwarnings("ignore", message="Full backward hook is firing")  # Opacus
     warnings.filterwarnings("ignore", message="There is a performance drop")  # vmap of SDPA
-    repeats = 3 if args.quick else 7
+    repeats = args.rounds or (3 if args.quick else 7)
     batches = [128] if args.quick else [32, 128]
     rows: list[dict[str, object]] = []
     for n_threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(n_threads)
-        for name in ("mlp", "cnn", "transformer"):
+        for name in args.models.split(","):
             for batch in batches:
                 rows.append(bench_case(name, batch, repeats))
                 print(f"done {name} {batch} threads={n_threads}", file=sys.stderr)
@@ -326,7 +328,10 @@ def main() -> None:
             f"{repeats} interleaved rounds (best round in brackets); backward in ms"
         )
         print(table(["model", "B", "backward ms", *labels], [_cells(r, labels) for r in part]))
-    threads = ["--threads", args.threads.split(",")[0]]
+    if args.models != "mlp,cnn,transformer":  # a partial run: timings only
+        print(f"\nwrote {write_json('bench_per_sample_partial', rows)}")
+        return
+    threads = ["--threads", args.threads.split(",")[-1]]  # children: the last setting
     memory: list[dict[str, object]] = []
     for name in ("mlp", "cnn", "transformer"):
         for chunk in ("none", "32", "8"):
@@ -348,9 +353,8 @@ def main() -> None:
             ],
         )
     )
-    reps = "3" if args.quick else "5"
     alloc = {
-        tune: child([*threads, "--allocator-child", "mlp", "128", tune, reps])
+        tune: child([*threads, "--allocator-child", "mlp", "128", tune, str(repeats)])
         for tune in ("0", "1")
     }
     print("\nMLP batch 128, each in a fresh process: ratio to one batched backward")
