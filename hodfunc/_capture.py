@@ -7,7 +7,8 @@ the caller owns is written.
 
 Which parameters the batched pass may handle is decided, per call, by three checks:
 
-1. the module has a rule (``_layers.rule_kind``) and every call sees a batched input;
+1. the module has a rule (``_layers.rule_kind``), no forward hooks of the caller's (which may
+   rewrite its output), and every call sees a batched input;
 2. a probe forward on sample 0 alone sees the same calls with leading size 1 where the batch
    has ``B`` (so dimension 0 really is the sample dimension, e.g. not a seq-first transformer),
    and gives the same model output as row 0 of the batch (the model does not mix samples);
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.graph import Node, get_gradient_edge
 from torch.func import functional_call, grad, vmap
+from torch.nn.modules.module import _global_forward_hooks
 
 from . import _layers
 from ._errors import ShapeError, UnsupportedOperationError, message
@@ -84,9 +86,11 @@ def make_context(api: str, model: nn.Module, loss_fn: LossFn) -> Context:
     for mname, module in model.named_modules(remove_duplicate=False):
         for local, p in module.named_parameters(recurse=False):
             owners.setdefault(id(p), []).append(f"{mname}.{local}")
+    if _global_forward_hooks:  # a hook that may rewrite any output: no rule can be trusted
+        return ctx
     for mname, module in model.named_modules():
         kind = _layers.rule_kind(module)
-        if kind is None:
+        if kind is None or module._forward_hooks:  # the caller's hooks may rewrite the output
             continue
         local = {}
         for pname in ("weight", "bias"):

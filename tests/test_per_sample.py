@@ -515,3 +515,19 @@ def test_imperative_twins_agree_with_the_functional_path(name: str) -> None:
         _assert_close(got[k], want[k], 1e-10, k)
     with pytest.raises(hodfunc.ArgumentError, match=r"imperative.clipped_grad_sum: max_norm"):
         imperative.clipped_grad_sum(model, loss, *batch, max_norm=-1.0)
+
+
+def test_a_module_whose_output_a_hook_rewrites_falls_back() -> None:
+    model, loss, x, y = _mlp()
+    handle = model.register_forward_hook(lambda m, a, out: 3.0 * out)
+    try:
+        got = hodfunc.per_sample_grads(model, loss, x, y)
+        want = imperative.per_sample_grads(model, loss, x, y)
+        norms = hodfunc.per_sample_grad_norms(model, loss, x, y)
+        assert len(model._forward_hooks) == 1
+    finally:
+        handle.remove()
+    for k in want:
+        _assert_close(got[k], want[k], 1e-5, k)
+    want_norms = torch.cat([want["weight"].flatten(1), want["bias"]], 1).norm(dim=1)
+    _assert_close(norms, want_norms, 1e-5, "norms")
