@@ -28,7 +28,13 @@ from . import _series
 
 __all__ = ["Algebra", "Collapsed", "Univariate"]
 
-UnaryRule = Callable[[Tensor], Tensor]
+
+class UnaryRule(Protocol):
+    """A univariate series rule; ``affine`` promises ``a = a_0 + a_1 t`` (a cheaper recurrence)."""
+
+    def __call__(self, a: Tensor, *, affine: bool = False) -> Tensor: ...
+
+
 Bilinear = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -38,8 +44,11 @@ class Algebra(Protocol):
     size: int
     """The length of the coefficient axis."""
 
-    def unary(self, rule: UnaryRule, a: Tensor) -> Tensor:
-        """``phi(a)`` where ``rule`` is ``phi``'s univariate series rule."""
+    def unary(self, rule: UnaryRule, a: Tensor, *, affine: bool = False) -> Tensor:
+        """``phi(a)`` where ``rule`` is ``phi``'s univariate series rule.
+
+        ``affine``: ``a`` is known to be an affine function of the input (``a_k = 0`` for k >= 2).
+        """
         ...
 
     def product(self, op: Bilinear, a: Tensor, b: Tensor, *, batched: bool) -> Tensor:
@@ -105,8 +114,8 @@ class Univariate:
         self.order = order
         self.size = order + 1
 
-    def unary(self, rule: UnaryRule, a: Tensor) -> Tensor:
-        return rule(a)
+    def unary(self, rule: UnaryRule, a: Tensor, *, affine: bool = False) -> Tensor:
+        return rule(a, affine=affine)
 
     def product(self, op: Bilinear, a: Tensor, b: Tensor, *, batched: bool) -> Tensor:
         if self.size == 1:
@@ -124,9 +133,9 @@ class Collapsed:
         self.n = n
         self.size = n + 2
 
-    def unary(self, rule: UnaryRule, a: Tensor) -> Tensor:
+    def unary(self, rule: UnaryRule, a: Tensor, *, affine: bool = False) -> Tensor:
         a0 = a[0]
-        d = rule(torch.stack([a0, torch.ones_like(a0), torch.zeros_like(a0)]))
+        d = rule(torch.stack([a0, torch.ones_like(a0), torch.zeros_like(a0)]), affine=True)
         first = a[1 : self.n + 1]
         second = d[1] * a[self.n + 1] + d[2] * (first * first).sum(0)
         return torch.cat([d[:1], d[1] * first, second.unsqueeze(0)])

@@ -78,7 +78,8 @@ class TaylorEngine:
     def _propagate(self, call: Call, bound: Bound, coefficients: Tensor, ctx: Context) -> Tensor:
         """Coefficients of the output (zeros beyond the value where it does not depend on x)."""
         # order 0 is the plain value: run the program without coefficients
-        free = Jet(coefficients) if ctx.algebra.size > 1 else coefficients[0]
+        affine = isinstance(ctx.algebra, Univariate)  # x + t v
+        free = Jet(coefficients, affine=affine) if ctx.algebra.size > 1 else coefficients[0]
         out = run(bound.program, bound.inputs, free, ctx)
         if isinstance(out, Jet):
             check_output(call.api, out.c[0])

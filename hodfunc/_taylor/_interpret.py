@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from ._rules import Context, Jet, lookup
+from ._rules import Context, Jet, keeps_affine, lookup
 from ._trace import Program, Ref
 
 __all__ = ["run"]
@@ -51,8 +51,10 @@ def run(program: Program, inputs: Sequence[Tensor], x: Jet | Tensor, ctx: Contex
         if ins.depends and (_has_jet(args) or _has_jet(tuple(kwargs.values()))):
             ctx.piecewise.clear()
             out = lookup(ins.name)(ctx, ins.fn, args, kwargs)
-            tags = _tags(args) | ctx.piecewise
-            env[ins.slot] = _retag(out, frozenset(tags)) if tags else out
+            jets = _jets(args) + _jets(tuple(kwargs.values()))
+            tags = frozenset(ctx.piecewise.union(*(j.through for j in jets)))
+            affine = keeps_affine(ins.name, args, jets)
+            env[ins.slot] = _retag(out, tags, affine) if tags or affine else out
         else:
             env[ins.slot] = ins.fn(*args, **kwargs)
     result = _resolve(program.output, env)
@@ -60,19 +62,19 @@ def run(program: Program, inputs: Sequence[Tensor], x: Jet | Tensor, ctx: Contex
     return result
 
 
-def _tags(values: Sequence[object]) -> set[str]:
-    tags: set[str] = set()
+def _jets(values: Sequence[object]) -> list[Jet]:
+    found: list[Jet] = []
     for v in values:
         if isinstance(v, Jet):
-            tags |= v.through
+            found.append(v)
         elif isinstance(v, (list, tuple)):
-            tags |= _tags(v)
-    return tags
+            found += _jets(v)
+    return found
 
 
-def _retag(out: object, tags: frozenset[str]) -> object:
+def _retag(out: object, tags: frozenset[str], affine: bool) -> object:
     if isinstance(out, Jet):
-        return Jet(out.c, out.through | tags)
+        return Jet(out.c, out.through | tags, affine)
     if isinstance(out, (list, tuple)):
-        return type(out)(_retag(o, tags) for o in out)
+        return type(out)(_retag(o, tags, affine) for o in out)
     return out

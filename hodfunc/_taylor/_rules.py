@@ -31,7 +31,7 @@ from .._errors import UnsupportedOperationError, message
 from . import _series
 from ._algebra import Algebra, UnaryRule
 
-__all__ = ["RULES", "Context", "Jet", "Rule", "has_rule"]
+__all__ = ["RULES", "Context", "Jet", "Rule", "has_rule", "keeps_affine", "lookup"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,10 @@ class Jet:
     c: Tensor
     through: frozenset[str] = frozenset()
     """The piecewise-linear ops on this value's path (kept by the interpreter, not by rules)."""
+    affine: bool = False
+    """Whether the value is an affine function of ``t`` (``c[k] = 0`` for k >= 2), as ``x + t v``
+    and every linear layer of it are: the first nonlinear op then has a cheaper recurrence. Kept
+    by the interpreter (``keeps_affine``), not by rules."""
 
     @property
     def rank(self) -> int:
@@ -79,6 +83,63 @@ def has_rule(name: str) -> bool:
 def lookup(name: str) -> Rule:
     """The rule of ``name``."""
     return RULES[name]
+
+
+_LINEAR_IN_ALL = frozenset(
+    {
+        "view",
+        "_unsafe_view",
+        "reshape",
+        "expand",
+        "permute",
+        "t",
+        "numpy_T",
+        "transpose",
+        "unsqueeze",
+        "select",
+        "slice",
+        "clone",
+        "alias",
+        "contiguous",
+        "lift_fresh_copy",
+        "positive",
+        "neg",
+        "cat",
+        "stack",
+        "add",
+        "sub",
+        "where",
+        "masked_fill",
+        "getitem",
+        "relu",
+        "abs",
+        "leaky_relu",
+        "hardtanh",
+        "clamp",
+        "clamp_min",
+        "clamp_max",
+        "maximum",
+        "minimum",
+        "amax",
+        "amin",
+        "max",
+        "min",
+    }
+)
+_LINEAR_IN_ONE = frozenset(
+    {"mul", "mm", "bmm", "mv", "dot", "matmul", "addmm", "addmv", "baddbmm", "convolution"}
+)
+
+
+def keeps_affine(name: str, args: tuple[object, ...], jets: list[Jet]) -> bool:
+    """Whether op ``name`` maps affine inputs (``Jet.affine``) to an affine result."""
+    if not jets or not all(j.affine for j in jets):
+        return False
+    if name in _LINEAR_IN_ALL or (name in RULES and RULES[name] is _linear_first):
+        return True
+    if name in _LINEAR_IN_ONE:
+        return len(jets) == 1
+    return name == "div" and len(jets) == 1 and isinstance(args[0], Jet)
 
 
 def _rule(*names: str) -> Callable[[Rule], Rule]:
@@ -566,20 +627,20 @@ def _unary(series_rule: UnaryRule) -> Rule:
     ) -> object:
         a = args[0]
         assert isinstance(a, Jet)
-        return Jet(ctx.algebra.unary(series_rule, a.c))
+        return Jet(ctx.algebra.unary(series_rule, a.c, affine=a.affine))
 
     return rule
 
 
 def _scaled(series_rule: UnaryRule, inner: float, outer: float) -> UnaryRule:
-    def scaled(a: Tensor) -> Tensor:
-        return series_rule(a * inner) * outer
+    def scaled(a: Tensor, *, affine: bool = False) -> Tensor:
+        return series_rule(a * inner, affine=affine) * outer
 
     return scaled
 
 
-def _erfc(a: Tensor) -> Tensor:
-    y = -_series.erf(a)
+def _erfc(a: Tensor, *, affine: bool = False) -> Tensor:
+    y = -_series.erf(a, affine=affine)
     return torch.cat([(1 + y[0]).unsqueeze(0), y[1:]])
 
 
@@ -616,7 +677,8 @@ def _pow(
 ) -> object:
     base, e = args[0], args[1]
     if isinstance(base, Jet) and isinstance(e, (int, float)):
-        return Jet(ctx.algebra.unary(functools.partial(_series.power, r=float(e)), base.c))
+        power = functools.partial(_series.power, r=float(e))
+        return Jet(ctx.algebra.unary(power, base.c, affine=base.affine))
     if not isinstance(base, Jet):
         # base ** e = exp(e log(base)) for a constant base (scalar or tensor)
         assert isinstance(e, Jet)

@@ -24,6 +24,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ._trace import physical_numel
+
 __all__ = [
     "asinh",
     "atan",
@@ -55,39 +57,78 @@ def _k_weights(a: Tensor, start: int, stop: int) -> Tensor:
     return w.reshape(-1, *([1] * (a.dim() - 1)))
 
 
+_LARGE = 1 << 15
+"""Elements per coefficient above which sums run as ``addcmul`` chains (fewer memory passes);
+below it they run as one stack-multiply-sum (fewer kernel launches)."""
+
+
+def _large(t: Tensor) -> bool:
+    return physical_numel(t) >= _LARGE
+
+
 def _dot(w: Tensor, ys: list[Tensor]) -> Tensor:
     """``sum_i w[i] * ys[i]`` for ``i < len(ys)``."""
     if len(ys) == 1:
         return w[0] * ys[0]
+    if _large(ys[0]):
+        acc = w[0] * ys[0]
+        for i in range(1, len(ys)):
+            acc = torch.addcmul(acc, w[i], ys[i])
+        return acc
     return (w[: len(ys)] * torch.stack(ys)).sum(0)
 
 
 def _square(ys: list[Tensor], m: int) -> Tensor:
-    """Coefficient ``m`` of ``y^2``: ``sum_{i=0..m} y_i y_{m-i}``, using the symmetry."""
-    half = [ys[i] * ys[m - i] for i in range((m + 1) // 2)]
-    total = 2 * torch.stack(half).sum(0) if half else torch.zeros_like(ys[0])
-    if m % 2 == 0:
-        total = total + ys[m // 2] * ys[m // 2]
-    return total
+    """Coefficient ``m`` of ``y^2``: ``sum_{i=0..m} y_i y_{m-i}``."""
+    if m == 0:
+        return ys[0] * ys[0]
+    if _large(ys[0]):  # half the products, by symmetry
+        acc = ys[0] * ys[m]
+        for i in range(1, (m + 1) // 2):
+            acc = torch.addcmul(acc, ys[i], ys[m - i])
+        acc = acc * 2
+        if m % 2 == 0:
+            acc = torch.addcmul(acc, ys[m // 2], ys[m // 2])
+        return acc
+    return (torch.stack(ys[: m + 1]) * torch.stack(ys[m::-1])).sum(0)
 
 
-def _ode(a: Series, y0: Tensor, u_of: Callable[[list[Tensor], int], Tensor]) -> Series:
-    """Solve ``y' = u a'`` where ``u_m = u_of(y, m)`` needs only ``y_0..y_m``."""
+def _ode(
+    a: Series, y0: Tensor, u_of: Callable[[list[Tensor], int], Tensor], affine: bool
+) -> Series:
+    """Solve ``y' = u a'`` where ``u_m = u_of(y, m)`` needs only ``y_0..y_m``.
+
+    ``affine``: ``a = a_0 + a_1 t`` exactly (a linear function of the input), so the sum has one
+    term: ``y_k = a_1 u_{k-1} / k``.
+    """
     K = a.shape[0] - 1
-    ja = a[1:] * _k_weights(a, 1, K + 1)
     ys = [y0]
     us: list[Tensor] = []
+    if affine:
+        for k in range(1, K + 1):
+            us.append(u_of(ys, k - 1))
+            ys.append(a[1] * us[k - 1] * (1.0 / k))
+        return torch.stack(ys)
+    ja = a[1:] * _k_weights(a, 1, K + 1)
     for k in range(1, K + 1):
         us.append(u_of(ys, k - 1))
         ys.append(_dot(ja, us[::-1]) / k)
     return torch.stack(ys)
 
 
-def _pair(a: Series, first: Tensor, second: Tensor, sign: float) -> tuple[Series, Series]:
+def _pair(
+    a: Series, first: Tensor, second: Tensor, sign: float, affine: bool
+) -> tuple[Series, Series]:
     """``s' = c a'``, ``c' = sign * s a'`` (sin/cos with sign -1, sinh/cosh with +1)."""
     K = a.shape[0] - 1
-    ja = a[1:] * _k_weights(a, 1, K + 1)
     s, c = [first], [second]
+    if affine:  # a = a_0 + a_1 t: one term per step
+        for k in range(1, K + 1):
+            step = a[1] * (1.0 / k)
+            s.append(step * c[k - 1])
+            c.append(step * s[k - 1] * sign)
+        return torch.stack(s), torch.stack(c)
+    ja = a[1:] * _k_weights(a, 1, K + 1)
     for k in range(1, K + 1):
         s_k = _dot(ja, c[::-1]) / k
         c_k = sign * _dot(ja, s[::-1]) / k
@@ -135,62 +176,62 @@ def _shift(a: Series, value: Tensor) -> Series:
     return torch.cat([value.unsqueeze(0), a[1:]])
 
 
-def exp(a: Series) -> Series:
+def exp(a: Series, *, affine: bool = False) -> Series:
     """``exp``: ``y' = y a'``."""
-    return _ode(a, torch.exp(a[0]), lambda ys, m: ys[m])
+    return _ode(a, torch.exp(a[0]), lambda ys, m: ys[m], affine)
 
 
-def expm1(a: Series) -> Series:
+def expm1(a: Series, *, affine: bool = False) -> Series:
     """``exp(a) - 1`` with an accurate value."""
-    return _shift(exp(a), torch.expm1(a[0]))
+    return _shift(exp(a, affine=affine), torch.expm1(a[0]))
 
 
-def tanh(a: Series) -> Series:
+def tanh(a: Series, *, affine: bool = False) -> Series:
     """``tanh``: ``y' = (1 - y^2) a'``."""
 
     def u(ys: list[Tensor], m: int) -> Tensor:
         sq = _square(ys, m)
-        return 1 - sq if m == 0 else -sq
+        return sq.neg().add(1.0) if m == 0 else sq.neg()
 
-    return _ode(a, torch.tanh(a[0]), u)
+    return _ode(a, torch.tanh(a[0]), u, affine)
 
 
-def sigmoid(a: Series) -> Series:
+def sigmoid(a: Series, *, affine: bool = False) -> Series:
     """``sigmoid``: ``y' = (y - y^2) a'``."""
-    return _ode(a, torch.sigmoid(a[0]), lambda ys, m: ys[m] - _square(ys, m))
+    return _ode(a, torch.sigmoid(a[0]), lambda ys, m: ys[m] - _square(ys, m), affine)
 
 
-def tan(a: Series) -> Series:
+def tan(a: Series, *, affine: bool = False) -> Series:
     """``tan``: ``y' = (1 + y^2) a'``."""
 
     def u(ys: list[Tensor], m: int) -> Tensor:
         sq = _square(ys, m)
-        return 1 + sq if m == 0 else sq
+        return sq.add(1.0) if m == 0 else sq
 
-    return _ode(a, torch.tan(a[0]), u)
+    return _ode(a, torch.tan(a[0]), u, affine)
 
 
-def sin(a: Series) -> Series:
+def sin(a: Series, *, affine: bool = False) -> Series:
     """``sin``, computed together with ``cos``."""
-    return _pair(a, torch.sin(a[0]), torch.cos(a[0]), -1.0)[0]
+    return _pair(a, torch.sin(a[0]), torch.cos(a[0]), -1.0, affine)[0]
 
 
-def cos(a: Series) -> Series:
+def cos(a: Series, *, affine: bool = False) -> Series:
     """``cos``, computed together with ``sin``."""
-    return _pair(a, torch.sin(a[0]), torch.cos(a[0]), -1.0)[1]
+    return _pair(a, torch.sin(a[0]), torch.cos(a[0]), -1.0, affine)[1]
 
 
-def sinh(a: Series) -> Series:
+def sinh(a: Series, *, affine: bool = False) -> Series:
     """``sinh``, computed together with ``cosh``."""
-    return _pair(a, torch.sinh(a[0]), torch.cosh(a[0]), 1.0)[0]
+    return _pair(a, torch.sinh(a[0]), torch.cosh(a[0]), 1.0, affine)[0]
 
 
-def cosh(a: Series) -> Series:
+def cosh(a: Series, *, affine: bool = False) -> Series:
     """``cosh``, computed together with ``sinh``."""
-    return _pair(a, torch.sinh(a[0]), torch.cosh(a[0]), 1.0)[1]
+    return _pair(a, torch.sinh(a[0]), torch.cosh(a[0]), 1.0, affine)[1]
 
 
-def log(a: Series) -> Series:
+def log(a: Series, *, affine: bool = False) -> Series:
     """``log``: ``a y' = a'``, so ``y_k = (a_k - (1/k) sum_{j=1..k-1} j y_j a_{k-j}) / a_0``."""
     K = a.shape[0] - 1
     inv = 1 / a[0]
@@ -205,7 +246,7 @@ def log(a: Series) -> Series:
     return torch.stack(ys)
 
 
-def log1p(a: Series) -> Series:
+def log1p(a: Series, *, affine: bool = False) -> Series:
     """``log(1 + a)`` with an accurate value."""
     return _shift(log(_shift(a, 1 + a[0])), torch.log1p(a[0]))
 
@@ -221,7 +262,7 @@ def divide(b: Series, a: Series) -> Series:
     return torch.stack(ys)
 
 
-def reciprocal(a: Series) -> Series:
+def reciprocal(a: Series, *, affine: bool = False) -> Series:
     """``1 / a``."""
     K = a.shape[0] - 1
     inv = 1 / a[0]
@@ -231,7 +272,7 @@ def reciprocal(a: Series) -> Series:
     return torch.stack(ys)
 
 
-def sqrt(a: Series) -> Series:
+def sqrt(a: Series, *, affine: bool = False) -> Series:
     """``sqrt``: ``y^2 = a``, so ``y_k = (a_k - sum_{j=1..k-1} y_j y_{k-j}) / (2 y_0)``."""
     K = a.shape[0] - 1
     y0 = torch.sqrt(a[0])
@@ -245,7 +286,7 @@ def sqrt(a: Series) -> Series:
     return torch.stack(ys)
 
 
-def power(a: Series, r: float) -> Series:
+def power(a: Series, r: float, *, affine: bool = False) -> Series:
     """``a ** r`` for a real scalar ``r``.
 
     Non-negative integers use repeated Cauchy products (exact, also where ``a_0 = 0``); negative
@@ -278,21 +319,21 @@ def power(a: Series, r: float) -> Series:
     return torch.stack(ys)
 
 
-def atan(a: Series) -> Series:
+def atan(a: Series, *, affine: bool = False) -> Series:
     """``atan``: ``y' = a' / (1 + a^2)``."""
     sq = cauchy(a, a)[:-1]
     u = reciprocal(_shift(sq, 1 + sq[0]))
     return _integrate(torch.atan(a[0]), cauchy(_derivative(a), u))
 
 
-def asinh(a: Series) -> Series:
+def asinh(a: Series, *, affine: bool = False) -> Series:
     """``asinh``: ``y' = a' / sqrt(1 + a^2)``."""
     sq = cauchy(a, a)[:-1]
     u = power(_shift(sq, 1 + sq[0]), -0.5)
     return _integrate(torch.asinh(a[0]), cauchy(_derivative(a), u))
 
 
-def erf(a: Series) -> Series:
+def erf(a: Series, *, affine: bool = False) -> Series:
     """``erf``: ``y' = (2 / sqrt(pi)) exp(-a^2) a'``."""
     u = exp(-cauchy(a, a)[:-1]) * (2 / math.sqrt(math.pi))
     return _integrate(torch.erf(a[0]), cauchy(_derivative(a), u))

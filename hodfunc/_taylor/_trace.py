@@ -48,7 +48,7 @@ from torch.utils import _pytree as pytree
 
 from .._errors import UnsupportedOperationError, message
 
-__all__ = ["TRACES", "Instruction", "Program", "Ref", "TraceCache"]
+__all__ = ["TRACES", "Instruction", "Program", "Ref", "TraceCache", "physical_numel"]
 
 TRACES = [0]
 """How many traces this process made (a one-element list so tests can read it)."""
@@ -230,6 +230,14 @@ def _outside_functorch() -> Iterator[None]:
     finally:
         for layer in reversed(saved):
             functorch.push_dynamic_layer_stack(layer)
+
+
+def physical_numel(t: Tensor) -> int:
+    """The number of elements ``t`` holds in memory: under ``vmap`` this includes the batch."""
+    functorch = torch._C._functorch
+    while functorch.is_batchedtensor(t):
+        t = functorch.get_unwrapped(t)
+    return t.numel()
 
 
 def _signature(t: Tensor) -> tuple[object, ...]:
