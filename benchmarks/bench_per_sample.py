@@ -5,15 +5,16 @@ one batched forward+backward of the same model on the same batch, measured in th
 Compared: the torch.func recipe ``vmap(grad(functional_call))``, ``hodfunc.per_sample_grads``
 (fresh result, and ``out=`` reusing the previous one), ``hodfunc.per_sample_grad_norms``,
 ``hodfunc.clipped_grad_sum``, and Opacus (``GradSampleModule`` hooks) and BackPACK
-(``BatchGrad``) when they are installed. Models: an MLP 784-512-256-10, a small CNN on 28x28 and
-a small transformer encoder, at batch 32 and 128. Every method is checked against the recipe
-before it is timed.
+(``BatchGrad``) when they are installed. Models: an MLP 784-512-256-10, a small CNN on 28x28
+(two conv layers and a linear), the CNN of Opacus's MNIST example and a small transformer
+encoder, at batch 32 and 128. Every method is checked against the recipe before it is timed.
 
 Two more questions are answered in subprocesses, so that they cannot disturb the timings:
 peak memory of ``per_sample_grads`` with ``chunk_size`` (growth of ``ru_maxrss``), and the
 effect of ``hodfunc.tune_cpu_allocator()`` on the recipe and on ``per_sample_grads``.
 
-    .venv/bin/python benchmarks/bench_per_sample.py [--quick] [--threads 2,1]
+    .venv/bin/python benchmarks/bench_per_sample.py [--quick] [--threads 1,2] [--rounds N]
+        [--models mlp,cnn]
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from torch.func import functional_call, grad, vmap
 import hodfunc
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+MODELS = ("mlp", "cnn", "cnn_opacus", "transformer")
 Case = tuple[nn.Module, LossFn, Tensor, Tensor]
 
 
@@ -52,7 +54,19 @@ def make_case(name: str, batch: int) -> Case:
             nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10)
         )
         return model, loss, torch.randn(batch, 784), torch.randint(0, 10, (batch,))
-    if name == "cnn":  # the small CNN of Opacus's MNIST example
+    if name == "cnn":  # two conv layers and a linear on 28x28
+        model = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * 7 * 7, 10),
+        )
+        return model, loss, torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    if name == "cnn_opacus":  # the small CNN of Opacus's MNIST example
         model = nn.Sequential(
             nn.Conv2d(1, 16, 8, stride=2, padding=3),
             nn.ReLU(),
@@ -294,10 +308,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="batch 128 only, fewer repeats")
     parser.add_argument(
-        "--threads", default="2,1", help="comma-separated torch.set_num_threads values to run"
+        "--threads", default="1,2", help="comma-separated torch.set_num_threads values to run"
     )
     parser.add_argument("--rounds", type=int, default=0, help="interleaved timing rounds")
-    parser.add_argument("--models", default="mlp,cnn,transformer", help="comma-separated")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated")
     parser.add_argument("--memory-child", nargs=3, metavar=("MODEL", "BATCH", "CHUNK"))
     parser.add_argument("--allocator-child", nargs=4, metavar=("MODEL", "BATCH", "TUNE", "REPS"))
     args = parser.parse_args()
@@ -328,10 +342,10 @@ def main() -> None:
             f"{repeats} interleaved rounds (best round in brackets); backward in ms"
         )
         print(table(["model", "B", "backward ms", *labels], [_cells(r, labels) for r in part]))
-    if args.models != "mlp,cnn,transformer":  # a partial run: timings only
+    if args.models != ",".join(MODELS):  # a partial run: timings only
         print(f"\nwrote {write_json('bench_per_sample_partial', rows)}")
         return
-    threads = ["--threads", args.threads.split(",")[-1]]  # children: the last setting
+    threads = ["--threads", str(min(int(t) for t in args.threads.split(",")))]  # the quietest
     memory: list[dict[str, object]] = []
     for name in ("mlp", "cnn", "transformer"):
         for chunk in ("none", "32", "8"):
