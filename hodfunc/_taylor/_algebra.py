@@ -138,7 +138,13 @@ class Collapsed:
         d = rule(torch.stack([a0, torch.ones_like(a0), torch.zeros_like(a0)]), affine=True)
         first = a[1 : self.n + 1]
         second = d[1] * a[self.n + 1] + d[2] * (first * first).sum(0)
-        return torch.cat([d[:1], d[1] * first, second.unsqueeze(0)])
+        out = d[1] * a  # rows 1..n are right; rows 0 and n+1 are overwritten below
+        try:  # in place on a new tensor that no backward formula saved: saves a copy
+            out.select(0, 0).copy_(d[0])
+            out.select(0, self.n + 1).copy_(second)
+        except RuntimeError:  # a vmap level the output lacks: copy instead
+            return torch.cat([d[:1], d[1] * first, second.unsqueeze(0)])
+        return out
 
     def product(self, op: Bilinear, a: Tensor, b: Tensor, *, batched: bool) -> Tensor:
         return _combine(_collapsed_map(self.n, a.dtype, a.device), op, a, b, batched)

@@ -201,6 +201,22 @@ def _affine(a: Jet, const: object) -> Jet:
     return Jet(torch.cat([head.unsqueeze(0), tail]))
 
 
+def _affine_fresh(a: Jet, const: Tensor) -> Jet:
+    """``_affine`` for a ``Jet`` this rule just computed: add in place to coefficient 0.
+
+    Saves a full copy of the coefficients (a bias after every linear layer). In place is safe: the
+    tensor is new and no backward formula saved it. When ``const`` is batched at a ``vmap`` level
+    that ``a`` is not, torch refuses the in-place add, and the copy is made after all.
+    """
+    if tuple(torch.broadcast_shapes(a.c.shape[1:], const.shape)) != tuple(a.c.shape[1:]):  # type: ignore[no-untyped-call]
+        return _affine(a, const)
+    try:
+        a.c.select(0, 0).add_(const)
+    except RuntimeError:
+        return _affine(a, const)
+    return a
+
+
 def _value(v: object) -> object:
     return v.c[0] if isinstance(v, Jet) else v
 
@@ -556,6 +572,8 @@ def _addmm(
             prod = Jet(prod.c * alpha)  # type: ignore[operator]
     else:
         prod = inner(a, b) * alpha
+    if isinstance(prod, Jet) and isinstance(bias, Tensor):
+        return _affine_fresh(prod, bias if beta == 1 else bias * beta)
     scaled_bias = bias if beta == 1 else (bias.c * beta if isinstance(bias, Jet) else bias * beta)  # type: ignore[operator]
     if isinstance(bias, Jet) and beta != 1:
         scaled_bias = Jet(scaled_bias)  # type: ignore[arg-type]
@@ -582,7 +600,7 @@ def _convolution(
     if bias is None:
         return y
     assert isinstance(bias, Tensor)
-    return _affine(y, bias.reshape(-1, *([1] * (y.rank - 2))))
+    return _affine_fresh(y, bias.reshape(-1, *([1] * (y.rank - 2))))
 
 
 @_rule("mul")
