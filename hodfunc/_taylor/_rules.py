@@ -560,6 +560,8 @@ def _addmm(
     bias, a, b = args[0], args[1], args[2]
     beta = kwargs.get("beta", 1)
     alpha = kwargs.get("alpha", 1)
+    assert isinstance(beta, (int, float))
+    assert isinstance(alpha, (int, float))
     name = getattr(op, "__name__", "addmm").split(".")[0]
     inner = {"addmm": torch.ops.aten.mm.default, "addmv": torch.ops.aten.mv.default}.get(
         name, torch.ops.aten.bmm.default
@@ -569,14 +571,14 @@ def _addmm(
         prod = _mm(ctx, inner, (a, b), {})
         if alpha != 1:
             assert isinstance(prod, Jet)
-            prod = Jet(prod.c * alpha)  # type: ignore[operator]
+            prod = Jet(prod.c * alpha)
     else:
         prod = inner(a, b) * alpha
     if isinstance(prod, Jet) and isinstance(bias, Tensor):
         return _affine_fresh(prod, bias if beta == 1 else bias * beta)
-    scaled_bias = bias if beta == 1 else (bias.c * beta if isinstance(bias, Jet) else bias * beta)  # type: ignore[operator]
-    if isinstance(bias, Jet) and beta != 1:
-        scaled_bias = Jet(scaled_bias)  # type: ignore[arg-type]
+    scaled_bias = bias
+    if beta != 1:
+        scaled_bias = Jet(bias.c * beta) if isinstance(bias, Jet) else bias * beta  # type: ignore[operator]
     return _add(ctx, torch.ops.aten.add.Tensor, (prod, scaled_bias), {})
 
 
