@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor
 
 import hodfunc
-from hodfunc import imperative
+from hodfunc import FallbackWarning, imperative
 from hodfunc._cli import MAX_ORDER, main
 from hodfunc._engine import available_methods
 
@@ -173,6 +174,25 @@ def test_piecewise_linear_warning_is_one_line(capsys: pytest.CaptureFixture[str]
         assert line.startswith("hodfunc: warning: ")
 
 
+def test_fallback_to_nested_is_refused_at_high_order(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def falls_back(f: Callable[[Tensor], Tensor], order: int, **_: object) -> Callable[..., Tensor]:
+        def run(x: Tensor) -> Tensor:
+            warnings.warn("auto fell back to nested", FallbackWarning, stacklevel=2)
+            return torch.zeros(order + 1, dtype=x.dtype)
+
+        return run
+
+    monkeypatch.setattr(hodfunc, "derivatives", falls_back)
+    status, out, err = run(capsys, "derive", "sin(x)", "--at", "1", "--order", "12")
+    assert_one_error_line(status, out, err, "exponential in the order")
+    assert "auto fell back to nested" in err
+    status, out, err = run(capsys, "derive", "sin(x)", "--at", "1", "--order", "4")
+    assert status == 0
+    assert err == "hodfunc: warning: auto fell back to nested\n"
+
+
 def _write(name: str, content: Callable[[Path], object]) -> Callable[[Path], None]:
     def make(folder: Path) -> None:
         content(folder / name)
@@ -183,6 +203,10 @@ def _write(name: str, content: Callable[[Path], object]) -> Callable[[Path], Non
 BAD_ARGS: dict[str, tuple[list[str], str, Callable[[Path], None] | None]] = {
     "order-negative": (["derive", "x", "--at", "1", "--order", "-1"], "between 0 and", None),
     "order-huge": (["derive", "x", "--at", "1", "--order", str(MAX_ORDER + 1)], "--order", None),
+    "nested-order": (["derive", "x", "--at", "1", "--order", "9", "--method", "nested"],
+                     "up to 8", None),
+    "imperative-order": (["derive", "x", "--at", "1", "--order", "13", "--method", "imperative"],
+                         "up to 12", None),
     "at-nan": (["derive", "x", "--at", "nan", "--order", "1"], "finite", None),
     "at-inf": (["derive", "x", "--at", "1", "inf", "--order", "1"], "finite", None),
     "no-points": (["derive", "x", "--order", "1"], "--at", None),
