@@ -312,10 +312,18 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=0, help="interleaved timing rounds")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated")
+    parser.add_argument("--case", nargs=4, metavar=("MODEL", "BATCH", "THREADS", "ROUNDS"))
     parser.add_argument("--memory-child", nargs=3, metavar=("MODEL", "BATCH", "CHUNK"))
     parser.add_argument("--allocator-child", nargs=4, metavar=("MODEL", "BATCH", "TUNE", "REPS"))
     args = parser.parse_args()
     torch.set_num_threads(int(args.threads.split(",")[0]))
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")  # Opacus
+    warnings.filterwarnings("ignore", message="There is a performance drop")  # vmap of SDPA
+    if args.case:
+        m, b, t, r = args.case
+        torch.set_num_threads(int(t))
+        print(json.dumps(bench_case(m, int(b), int(r))))
+        return
     if args.memory_child:
         m, b, c = args.memory_child
         memory_child(m, int(b), None if c == "none" else int(c))
@@ -324,8 +332,6 @@ def main() -> None:
         m, b, t, r = args.allocator_child
         allocator_child(m, int(b), t == "1", int(r))
         return
-    warnings.filterwarnings("ignore", message="Full backward hook is firing")  # Opacus
-    warnings.filterwarnings("ignore", message="There is a performance drop")  # vmap of SDPA
     repeats = args.rounds or (3 if args.quick else 7)
     batches = [128] if args.quick else [32, 128]
     rows: list[dict[str, object]] = []
@@ -333,7 +339,9 @@ def main() -> None:
         torch.set_num_threads(n_threads)
         for name in args.models.split(","):
             for batch in batches:
-                rows.append(bench_case(name, batch, repeats))
+                # each configuration in a fresh process: glibc's mmap threshold adapts to the
+                # sizes freed before, so one model's timings would depend on the previous one's
+                rows.append(child(["--case", name, str(batch), str(n_threads), str(repeats)]))
                 print(f"done {name} {batch} threads={n_threads}", file=sys.stderr)
         part = [r for r in rows if r["threads"] == n_threads]
         labels = sorted({k for r in part for k in r["ratio_to_backward"]}, key=_order)  # type: ignore[attr-defined]
