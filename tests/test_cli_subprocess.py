@@ -181,6 +181,25 @@ def test_seed_table_and_json(tmp_path: Path) -> None:
     assert doc["derivatives"] == [[-16.0, 24.0, -24.0, 12.0, 0.0], [0.25, 1.5, 6.0, 12.0, 0.0]]
 
 
+def test_closed_pipe_stops_quietly(tmp_path: Path) -> None:
+    at = [str(i / 10) for i in range(3000)]  # a table larger than a pipe's buffer
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hodfunc", "derive", "sin(x)", "--order", "2", "--at", *at],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    assert proc.stdout.readline().split() == [b"x", b"f", b"f'", b"f''"]
+    proc.stdout.close()  # like `| head -1`
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 1
+    assert err == b""
+
+
 def test_plot_writes_a_png(tmp_path: Path) -> None:
     path = tmp_path / "derivatives.png"
     result = hodfunc(
