@@ -123,7 +123,7 @@ def plot_derivatives(
     axes[0].set_title(f"f({var}) = {title}", fontsize=11)
     if marks is not None and marks.size:
         axes[0].legend(loc="best", fontsize=8)
-    fig.savefig(path)
+    fig.savefig(path, dpi=100)  # explicit: a user matplotlibrc may set savefig.dpi
 
 
 def _tex_label(k: int, var: str) -> str:
