@@ -5,31 +5,76 @@
 tensor([-16.,  24., -24.,  12.,   0.])
 """
 
-from ._allocator import tune_cpu_allocator as tune_cpu_allocator
-from ._batched import batched as batched
-from ._derivative import derivative as derivative
-from ._derivative import derivative_tensor as derivative_tensor
-from ._derivative import derivatives as derivatives
-from ._derivative import directional_derivative as directional_derivative
-from ._derivative import laplacian as laplacian
-from ._derivative import partial as partial
-from ._engine import Method as Method
-from ._errors import ArgumentError as ArgumentError
-from ._errors import ArgumentTypeError as ArgumentTypeError
-from ._errors import FallbackWarning as FallbackWarning
-from ._errors import HodfuncError as HodfuncError
-from ._errors import HodfuncWarning as HodfuncWarning
-from ._errors import NonFunctionalModuleError as NonFunctionalModuleError
-from ._errors import PiecewiseLinearWarning as PiecewiseLinearWarning
-from ._errors import PrecisionWarning as PrecisionWarning
-from ._errors import ShapeError as ShapeError
-from ._errors import UnsupportedOperationError as UnsupportedOperationError
-from ._ghost import clipped_grad_sum as clipped_grad_sum
-from ._ghost import per_sample_grad_norms as per_sample_grad_norms
-from ._jacobian import hessian as hessian
-from ._jacobian import hvp as hvp
-from ._jacobian import jacobian as jacobian
-from ._per_sample import per_sample_grads as per_sample_grads
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._allocator import tune_cpu_allocator as tune_cpu_allocator
+    from ._batched import batched as batched
+    from ._derivative import derivative as derivative
+    from ._derivative import derivative_tensor as derivative_tensor
+    from ._derivative import derivatives as derivatives
+    from ._derivative import directional_derivative as directional_derivative
+    from ._derivative import laplacian as laplacian
+    from ._derivative import partial as partial
+    from ._engine import Method as Method
+    from ._errors import ArgumentError as ArgumentError
+    from ._errors import ArgumentTypeError as ArgumentTypeError
+    from ._errors import FallbackWarning as FallbackWarning
+    from ._errors import HodfuncError as HodfuncError
+    from ._errors import HodfuncWarning as HodfuncWarning
+    from ._errors import NonFunctionalModuleError as NonFunctionalModuleError
+    from ._errors import PiecewiseLinearWarning as PiecewiseLinearWarning
+    from ._errors import PrecisionWarning as PrecisionWarning
+    from ._errors import ShapeError as ShapeError
+    from ._errors import UnsupportedOperationError as UnsupportedOperationError
+    from ._ghost import clipped_grad_sum as clipped_grad_sum
+    from ._ghost import per_sample_grad_norms as per_sample_grad_norms
+    from ._jacobian import hessian as hessian
+    from ._jacobian import hvp as hvp
+    from ._jacobian import jacobian as jacobian
+    from ._per_sample import per_sample_grads as per_sample_grads
+
+_LAZY = {
+    "tune_cpu_allocator": "._allocator",
+    "batched": "._batched",
+    "derivative": "._derivative",
+    "derivative_tensor": "._derivative",
+    "derivatives": "._derivative",
+    "directional_derivative": "._derivative",
+    "laplacian": "._derivative",
+    "partial": "._derivative",
+    "Method": "._engine",
+    "ArgumentError": "._errors",
+    "ArgumentTypeError": "._errors",
+    "FallbackWarning": "._errors",
+    "HodfuncError": "._errors",
+    "HodfuncWarning": "._errors",
+    "NonFunctionalModuleError": "._errors",
+    "PiecewiseLinearWarning": "._errors",
+    "PrecisionWarning": "._errors",
+    "ShapeError": "._errors",
+    "UnsupportedOperationError": "._errors",
+    "clipped_grad_sum": "._ghost",
+    "per_sample_grad_norms": "._ghost",
+    "hessian": "._jacobian",
+    "hvp": "._jacobian",
+    "jacobian": "._jacobian",
+    "per_sample_grads": "._per_sample",
+}
+
+
+def __getattr__(name: str) -> object:
+    """Import a public name's module on first use, so ``import hodfunc`` does not import torch."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hodfunc' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 
