@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from . import _series
+from ._series import Pairs, cauchy_pairs, pair_table
 
 __all__ = ["Algebra", "Collapsed", "Univariate"]
 
@@ -71,31 +72,13 @@ def _pairwise(op: Bilinear, a: Tensor, b: Tensor, batched: bool) -> Tensor:
 
 
 @functools.cache
-def _collapsed_map(
-    n: int, dtype: torch.dtype, device: torch.device
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Pairs ``(i, j) -> out`` of the collapsed product and the 0/1 matrix that sums them."""
+def _collapsed_pairs(n: int) -> Pairs:
+    """``(i, j) -> out`` of the collapsed product: value, ``n`` first orders, summed second."""
     top = n + 1
     pairs = [(0, 0, 0)]
     pairs += [(i, 0, i) for i in range(1, top)] + [(0, i, i) for i in range(1, top)]
     pairs += [(top, 0, top), (0, top, top)] + [(i, i, top) for i in range(1, top)]
-    ia = torch.tensor([p[0] for p in pairs], device=device)
-    ib = torch.tensor([p[1] for p in pairs], device=device)
-    m = torch.zeros(n + 2, len(pairs), dtype=dtype, device=device)
-    m[
-        torch.tensor([p[2] for p in pairs], device=device), torch.arange(len(pairs), device=device)
-    ] = 1
-    return ia, ib, m
-
-
-@functools.cache
-def _cauchy_map(n: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    pairs = [(i, k - i) for k in range(n) for i in range(k + 1)]
-    ia = torch.tensor([p[0] for p in pairs], device=device)
-    ib = torch.tensor([p[1] for p in pairs], device=device)
-    m = torch.zeros(n, len(pairs), dtype=dtype, device=device)
-    m[ia + ib, torch.arange(len(pairs), device=device)] = 1
-    return ia, ib, m
+    return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs), tuple(p[2] for p in pairs)
 
 
 def _combine(
@@ -120,7 +103,7 @@ class Univariate:
     def product(self, op: Bilinear, a: Tensor, b: Tensor, *, batched: bool) -> Tensor:
         if self.size == 1:
             return _pairwise(op, a, b, batched)
-        return _combine(_cauchy_map(self.size, a.dtype, a.device), op, a, b, batched)
+        return _combine(pair_table(cauchy_pairs(self.size), self.size, a), op, a, b, batched)
 
     def divide(self, a: Tensor, b: Tensor) -> Tensor:
         return _series.divide(a, b)
@@ -147,7 +130,7 @@ class Collapsed:
         return out
 
     def product(self, op: Bilinear, a: Tensor, b: Tensor, *, batched: bool) -> Tensor:
-        return _combine(_collapsed_map(self.n, a.dtype, a.device), op, a, b, batched)
+        return _combine(pair_table(_collapsed_pairs(self.n), self.size, a), op, a, b, batched)
 
     def divide(self, a: Tensor, b: Tensor) -> Tensor:
         return self.product(torch.mul, a, self.unary(_series.reciprocal, b), batched=True)

@@ -137,13 +137,27 @@ def _pair(
     return torch.stack(s), torch.stack(c)
 
 
+Pairs = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+"""A bilinear product as index pairs ``(i, j)`` and the output ``k`` each pair adds into."""
+
+
 @functools.cache
-def _cauchy_map(n: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+def cauchy_pairs(n: int) -> Pairs:
+    """``(i, j) -> i + j`` for every ``i + j < n``: the truncated Cauchy product."""
     pairs = [(i, k - i) for k in range(n) for i in range(k + 1)]
-    ia = torch.tensor([p[0] for p in pairs], device=device)
-    ib = torch.tensor([p[1] for p in pairs], device=device)
-    m = torch.zeros(n, len(pairs), dtype=dtype, device=device)
-    m[ia + ib, torch.arange(len(pairs), device=device)] = 1
+    return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs), tuple(sum(p) for p in pairs)
+
+
+def pair_table(pairs: Pairs, size: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Index tensors and the 0/1 matrix summing the pair products into the ``size`` outputs.
+
+    Built per call, not cached: a cached tensor made while some transform or trace is active
+    (a fake tensor under ``make_fx``) would leak into later calls.
+    """
+    ia = torch.tensor(pairs[0], device=like.device)
+    ib = torch.tensor(pairs[1], device=like.device)
+    out = torch.tensor(pairs[2], device=like.device)
+    m = torch.nn.functional.one_hot(out, size).T.to(like.dtype)
     return ia, ib, m
 
 
@@ -153,7 +167,7 @@ def cauchy(a: Series, b: Series) -> Series:
     a, b = a[:n], b[:n]
     if n == 1:
         return a * b
-    ia, ib, m = _cauchy_map(n, a.dtype, a.device)
+    ia, ib, m = pair_table(cauchy_pairs(n), n, a)
     products = a[ia] * b[ib]
     out = m @ products.reshape(products.shape[0], -1)
     return out.reshape(n, *products.shape[1:])
