@@ -66,31 +66,32 @@ def _large(t: Tensor) -> bool:
     return physical_numel(t) >= _LARGE
 
 
-def _dot(w: Tensor, ys: list[Tensor]) -> Tensor:
-    """``sum_i w[i] * ys[i]`` for ``i < len(ys)``."""
-    if len(ys) == 1:
-        return w[0] * ys[0]
-    if _large(ys[0]):
-        acc = w[0] * ys[0]
+def _dot(w: Tensor, ys: list[Tensor], scale: float = 1.0) -> Tensor:
+    """``scale * sum_i w[i] * ys[i]`` for ``i < len(ys)``."""
+    if _large(ys[0]):  # one fused pass per term, the scale folded in
+        acc = torch.mul(w[0], ys[0])
+        if scale != 1.0:
+            acc.mul_(scale)  # in place on a new tensor that nothing saved
         for i in range(1, len(ys)):
-            acc = torch.addcmul(acc, w[i], ys[i])
+            acc = torch.addcmul(acc, w[i], ys[i], value=scale)
         return acc
-    return (w[: len(ys)] * torch.stack(ys)).sum(0)
+    out = w[0] * ys[0] if len(ys) == 1 else (w[: len(ys)] * torch.stack(ys)).sum(0)
+    return out * scale if scale != 1.0 else out
 
 
-def _square(ys: list[Tensor], m: int) -> Tensor:
-    """Coefficient ``m`` of ``y^2``: ``sum_{i=0..m} y_i y_{m-i}``."""
+def _square(ys: list[Tensor], m: int, scale: float = 1.0) -> Tensor:
+    """Coefficient ``m`` of ``scale * y^2``: ``scale * sum_{i=0..m} y_i y_{m-i}``."""
     if m == 0:
-        return ys[0] * ys[0]
-    if _large(ys[0]):  # half the products, by symmetry
-        acc = ys[0] * ys[m]
+        return ys[0] * ys[0] * scale if scale != 1.0 else ys[0] * ys[0]
+    if _large(ys[0]):  # half the products, by symmetry; one fused pass per term
+        acc = torch.mul(ys[0], ys[m]).mul_(2 * scale)
         for i in range(1, (m + 1) // 2):
-            acc = torch.addcmul(acc, ys[i], ys[m - i])
-        acc = acc * 2
+            acc = torch.addcmul(acc, ys[i], ys[m - i], value=2 * scale)
         if m % 2 == 0:
-            acc = torch.addcmul(acc, ys[m // 2], ys[m // 2])
+            acc = torch.addcmul(acc, ys[m // 2], ys[m // 2], value=scale)
         return acc
-    return (torch.stack(ys[: m + 1]) * torch.stack(ys[m::-1])).sum(0)
+    out = (torch.stack(ys[: m + 1]) * torch.stack(ys[m::-1])).sum(0)
+    return out * scale if scale != 1.0 else out
 
 
 def _ode(
@@ -112,7 +113,7 @@ def _ode(
     ja = a[1:] * _k_weights(a, 1, K + 1)
     for k in range(1, K + 1):
         us.append(u_of(ys, k - 1))
-        ys.append(_dot(ja, us[::-1]) / k)
+        ys.append(_dot(ja, us[::-1], 1.0 / k))
     return torch.stack(ys)
 
 
@@ -130,8 +131,8 @@ def _pair(
         return torch.stack(s), torch.stack(c)
     ja = a[1:] * _k_weights(a, 1, K + 1)
     for k in range(1, K + 1):
-        s_k = _dot(ja, c[::-1]) / k
-        c_k = sign * _dot(ja, s[::-1]) / k
+        s_k = _dot(ja, c[::-1], 1.0 / k)
+        c_k = _dot(ja, s[::-1], sign / k)
         s.append(s_k)
         c.append(c_k)
     return torch.stack(s), torch.stack(c)
@@ -204,8 +205,8 @@ def tanh(a: Series, *, affine: bool = False) -> Series:
     """``tanh``: ``y' = (1 - y^2) a'``."""
 
     def u(ys: list[Tensor], m: int) -> Tensor:
-        sq = _square(ys, m)
-        return sq.neg().add(1.0) if m == 0 else sq.neg()
+        minus_sq = _square(ys, m, -1.0)
+        return minus_sq.add(1.0) if m == 0 else minus_sq
 
     return _ode(a, torch.tanh(a[0]), u, affine)
 
