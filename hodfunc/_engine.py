@@ -46,14 +46,21 @@ def register(name: str, factory: EngineFactory) -> None:
     _REGISTRY[name] = factory
 
 
+def _builtin() -> dict[str, EngineFactory]:
+    """The registry with the built-in methods in it (``_engines`` registers them on import)."""
+    from . import _engines  # noqa: F401  (registers "nested", "taylor", "auto")
+
+    return _REGISTRY
+
+
 def available_methods() -> tuple[str, ...]:
     """The names ``method=`` accepts now, in registration order."""
-    return tuple(_REGISTRY)
+    return tuple(_builtin())
 
 
 def resolve(api: str, method: object) -> Engine:
     """Return a fresh engine for ``method`` or raise naming the accepted methods."""
-    if not isinstance(method, str) or method not in _REGISTRY:
+    if not isinstance(method, str) or method not in _builtin():
         raise ArgumentError(
             message(
                 api,
