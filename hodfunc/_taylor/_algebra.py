@@ -26,6 +26,7 @@ from torch import Tensor
 
 from . import _series
 from ._series import Pairs, cauchy_pairs, pair_table
+from ._trace import tracing
 
 __all__ = ["Algebra", "Collapsed", "Univariate"]
 
@@ -121,6 +122,8 @@ class Collapsed:
         d = rule(torch.stack([a0, torch.ones_like(a0), torch.zeros_like(a0)]), affine=True)
         first = a[1 : self.n + 1]
         second = d[1] * a[self.n + 1] + d[2] * (first * first).sum(0)
+        if tracing():
+            return torch.cat([d[:1], d[1] * first, second.unsqueeze(0)])
         out = d[1] * a  # rows 1..n are right; rows 0 and n+1 are overwritten below
         try:  # in place on a new tensor that no backward formula saved: saves a copy
             out.select(0, 0).copy_(d[0])

@@ -30,6 +30,7 @@ from torch import Tensor
 from .._errors import UnsupportedOperationError, message
 from . import _series
 from ._algebra import Algebra, UnaryRule
+from ._trace import tracing
 
 __all__ = ["RULES", "Context", "Jet", "Rule", "has_rule", "keeps_affine", "lookup"]
 
@@ -208,7 +209,8 @@ def _affine_fresh(a: Jet, const: Tensor) -> Jet:
     tensor is new and no backward formula saved it. When ``const`` is batched at a ``vmap`` level
     that ``a`` is not, torch refuses the in-place add, and the copy is made after all.
     """
-    if tuple(torch.broadcast_shapes(a.c.shape[1:], const.shape)) != tuple(a.c.shape[1:]):  # type: ignore[no-untyped-call]
+    shape = torch.broadcast_shapes(a.c.shape[1:], const.shape)  # type: ignore[no-untyped-call]
+    if tracing() or tuple(shape) != tuple(a.c.shape[1:]):
         return _affine(a, const)
     try:
         a.c.select(0, 0).add_(const)

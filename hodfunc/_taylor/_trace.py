@@ -48,7 +48,7 @@ from torch.utils import _pytree as pytree
 
 from .._errors import UnsupportedOperationError, message
 
-__all__ = ["TRACES", "Instruction", "Program", "Ref", "TraceCache", "physical_numel"]
+__all__ = ["TRACES", "Instruction", "Program", "Ref", "TraceCache", "physical_numel", "tracing"]
 
 TRACES = [0]
 """How many traces this process made (a one-element list so tests can read it)."""
@@ -232,6 +232,15 @@ def _outside_functorch() -> Iterator[None]:
             functorch.push_dynamic_layer_stack(layer)
 
 
+def tracing() -> bool:
+    """Whether a dispatch mode (``make_fx``, fake tensors) records the ops being run.
+
+    Rules write into fresh tensors in place only when not traced: a trace of such a write (a
+    Taylor transform inside another one's trace) would see a mutation through a view.
+    """
+    return bool(torch._C._len_torch_dispatch_stack())
+
+
 def physical_numel(t: Tensor) -> int:
     """The number of elements ``t`` holds in memory: under ``vmap`` this includes the batch."""
     functorch = torch._C._functorch
@@ -281,6 +290,9 @@ def _private_in_place(name: str, node: torch.fx.Node) -> bool:
         isinstance(target, torch.fx.Node)
         and target.op == "call_function"
         and len(target.users) == 1
+        and isinstance(target.target, torch._ops.OpOverload)
+        # a view's mutation writes through to its base, which out-of-place would silently drop
+        and all(r.alias_info is None for r in target.target._schema.returns)
     )
 
 
