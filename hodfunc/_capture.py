@@ -146,16 +146,7 @@ def sample_losses(ctx: Context, out: object, targets: tuple[Tensor, ...], size: 
 
     def one(o: Tensor, *t: Tensor) -> Tensor:
         loss = check_output(api, ctx.loss_fn(o.unsqueeze(0), *(ti.unsqueeze(0) for ti in t)))
-        if loss.numel() != 1:
-            raise ShapeError(
-                message(
-                    api,
-                    "loss_fn must return a single number per sample",
-                    f"shape {tuple(loss.shape)}",
-                    "Use reduction='sum' or 'mean'.",
-                )
-            )
-        return loss.reshape(())
+        return scalar_loss(api, loss)
 
     try:
         with quiet_vmap():
@@ -315,16 +306,7 @@ def vmap_grads(
         one = [s.unsqueeze(0) for s in sample]
         out = functional_call(ctx.model, ({**fixed, **p}, ctx.buffers), (one[0],))
         loss = check_output(api, ctx.loss_fn(out, *one[1:]))
-        if loss.numel() != 1:
-            raise ShapeError(
-                message(
-                    api,
-                    "loss_fn must return a single number per sample",
-                    f"shape {tuple(loss.shape)}",
-                    "Use reduction='sum' or 'mean'.",
-                )
-            )
-        return loss.reshape(())
+        return scalar_loss(api, loss)
 
     in_dims = (None,) + (0,) * len(batch)
     with torch.enable_grad(), quiet_vmap():
@@ -355,3 +337,17 @@ def regroup(
                 )
             )
     return calls
+
+
+def scalar_loss(api: str, loss: Tensor) -> Tensor:
+    """One sample's loss as a 0-d tensor; a ``ShapeError`` if ``loss_fn`` gave several numbers."""
+    if loss.numel() != 1:
+        raise ShapeError(
+            message(
+                api,
+                "loss_fn must return a single number per sample",
+                f"shape {tuple(loss.shape)}",
+                "Use reduction='sum' or 'mean'.",
+            )
+        )
+    return loss.reshape(())
