@@ -46,10 +46,13 @@ class Algebra(Protocol):
     size: int
     """The length of the coefficient axis."""
 
-    def unary(self, rule: UnaryRule, a: Tensor, *, affine: bool = False) -> Tensor:
+    def unary(
+        self, rule: UnaryRule, a: Tensor, *, affine: bool = False, donated: bool = False
+    ) -> Tensor:
         """``phi(a)`` where ``rule`` is ``phi``'s univariate series rule.
 
         ``affine``: ``a`` is known to be an affine function of the input (``a_k = 0`` for k >= 2).
+        ``donated``: nothing else reads ``a``; its memory may hold the result.
         """
         ...
 
@@ -91,6 +94,27 @@ def _combine(
     return out.reshape(m.shape[0], *products.shape[1:])
 
 
+def _sum_of_squares(rows: Tensor, block: int = 8) -> Tensor:
+    """``(rows * rows).sum(0)``, squaring ``block`` rows at a time: a temporary as large as
+    ``rows`` would be fresh memory (page faults) on every call."""
+    total = rows[:block].square().sum(0)
+    for start in range(block, rows.shape[0], block):
+        total += rows[start : start + block].square().sum(0)
+    return total
+
+
+def _scaled_rows(scale: Tensor, a: Tensor, donated: bool) -> Tensor:
+    """``scale * a`` (``scale`` broadcast over the coefficient axis), in ``a``'s memory if it is
+    ``donated`` and torch allows it (not when ``scale`` is batched at a ``vmap`` level ``a`` is
+    not)."""
+    if donated:
+        try:
+            return a.mul_(scale)
+        except RuntimeError:
+            pass
+    return scale * a
+
+
 class Univariate:
     """Truncated Taylor series of order ``order`` along one direction."""
 
@@ -98,7 +122,9 @@ class Univariate:
         self.order = order
         self.size = order + 1
 
-    def unary(self, rule: UnaryRule, a: Tensor, *, affine: bool = False) -> Tensor:
+    def unary(
+        self, rule: UnaryRule, a: Tensor, *, affine: bool = False, donated: bool = False
+    ) -> Tensor:
         return rule(a, affine=affine)
 
     def product(self, op: Bilinear, a: Tensor, b: Tensor, *, batched: bool) -> Tensor:
@@ -117,19 +143,21 @@ class Collapsed:
         self.n = n
         self.size = n + 2
 
-    def unary(self, rule: UnaryRule, a: Tensor, *, affine: bool = False) -> Tensor:
+    def unary(
+        self, rule: UnaryRule, a: Tensor, *, affine: bool = False, donated: bool = False
+    ) -> Tensor:
         a0 = a[0]
         d = rule(torch.stack([a0, torch.ones_like(a0), torch.zeros_like(a0)]), affine=True)
         first = a[1 : self.n + 1]
-        second = d[1] * a[self.n + 1] + d[2] * (first * first).sum(0)
+        second = d[1] * a[self.n + 1] + d[2] * _sum_of_squares(first)
         if tracing():
             return torch.cat([d[:1], d[1] * first, second.unsqueeze(0)])
-        out = d[1] * a  # rows 1..n are right; rows 0 and n+1 are overwritten below
-        try:  # in place on a new tensor that no backward formula saved: saves a copy
+        out = _scaled_rows(d[1], a, donated)  # rows 1..n are right; set rows 0 and n + 1
+        try:  # in place on a tensor nothing else reads: saves a copy
             out.select(0, 0).copy_(d[0])
             out.select(0, self.n + 1).copy_(second)
-        except RuntimeError:  # a vmap level the output lacks: copy instead
-            return torch.cat([d[:1], d[1] * first, second.unsqueeze(0)])
+        except RuntimeError:  # ``out`` lacks a vmap level of ``d``: copy instead
+            return torch.cat([d[:1], out[1 : self.n + 1], second.unsqueeze(0)])
         return out
 
     def product(self, op: Bilinear, a: Tensor, b: Tensor, *, batched: bool) -> Tensor:

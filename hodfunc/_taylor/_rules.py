@@ -32,7 +32,7 @@ from . import _series
 from ._algebra import Algebra, UnaryRule
 from ._trace import tracing
 
-__all__ = ["RULES", "Context", "Jet", "Rule", "has_rule", "keeps_affine", "lookup"]
+__all__ = ["FRESH_RESULTS", "RULES", "Context", "Jet", "Rule", "has_rule", "keeps_affine", "lookup"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ class Context:
     api: str
     piecewise: set[str] = field(default_factory=set)
     reached: frozenset[str] = frozenset()
+    donated: frozenset[int] = frozenset()
+    """``id``s of the argument ``Jet``s the current rule may overwrite (set by the interpreter)."""
 
 
 Rule = Callable[[Context, Callable[..., object], tuple[object, ...], Mapping[str, object]], object]
@@ -649,7 +651,9 @@ def _unary(series_rule: UnaryRule) -> Rule:
     ) -> object:
         a = args[0]
         assert isinstance(a, Jet)
-        return Jet(ctx.algebra.unary(series_rule, a.c, affine=a.affine))
+        return Jet(
+            ctx.algebra.unary(series_rule, a.c, affine=a.affine, donated=id(a) in ctx.donated)
+        )
 
     return rule
 
@@ -691,6 +695,12 @@ _UNARY: dict[str, UnaryRule] = {
 }
 for _name, _series_rule in _UNARY.items():
     RULES[_name] = _unary(_series_rule)
+
+FRESH_RESULTS = frozenset(
+    {"mm", "bmm", "mv", "dot", "addmm", "addmv", "baddbmm", "convolution", "mul", "div", *_UNARY}
+)
+"""Ops whose rules always return new coefficients, never an argument's or a view of one: the
+interpreter may hand such a result to a later rule to overwrite (``_interpret.donations``)."""
 
 
 @_rule("pow")

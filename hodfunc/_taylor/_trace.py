@@ -37,7 +37,7 @@ import contextlib
 import functools
 import operator
 import types
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -125,7 +125,7 @@ class Instruction:
         return f"aten.{self.name}.{self.overload}" if self.overload else self.name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: a cache key
 class Program:
     """A traced function: inputs in slots ``0..n_inputs-1``, constants, instructions, output."""
 
@@ -136,6 +136,9 @@ class Program:
     output: object
     n_slots: int
     dependent_ops: frozenset[str] = field(default_factory=frozenset)
+    releases: tuple[tuple[int, ...], ...] = ()
+    """Per instruction, the slots read for the last time there (or never read): the interpreter
+    drops them after it, so an intermediate's memory is reused instead of held to the end."""
 
 
 def _tensors_in(obj: object, out: dict[int, Tensor], depth: int) -> None:
@@ -362,7 +365,24 @@ def _compile(gm: torch.fx.GraphModule, x_slot: int) -> Program:
         output,
         len(slots),
         frozenset(dependent_ops),
+        _releases(instructions, output),
     )
+
+
+def _releases(instructions: Sequence[Instruction], output: object) -> tuple[tuple[int, ...], ...]:
+    """For each instruction, the slots whose last reader it is, or that it writes and none read."""
+    last: dict[int, int] = {}
+    for index, ins in enumerate(instructions):
+        last[ins.slot] = index
+        for leaf in pytree.tree_leaves((ins.args, ins.kwargs)):
+            if isinstance(leaf, Ref):
+                last[leaf.slot] = index
+    kept = {leaf.slot for leaf in pytree.tree_leaves(output) if isinstance(leaf, Ref)}
+    after: list[list[int]] = [[] for _ in instructions]
+    for slot, index in last.items():
+        if slot not in kept:
+            after[index].append(slot)
+    return tuple(tuple(slots) for slots in after)
 
 
 @dataclass(frozen=True)
