@@ -249,3 +249,42 @@ def test_float32_order_8_stays_within_1e5_of_scale() -> None:
     got = d(xs, *params)
     ref = d(xs.double(), *(p.double() for p in params))
     assert float((got.double() - ref).abs().max() / ref.abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["tanh", "sigmoid", "exp", "sin", "cos"])
+def test_closed_second_orders_equal_the_series(name: str) -> None:
+    from hodfunc._taylor import _series
+
+    rule = getattr(_series, name)
+    a0 = torch.linspace(-3, 3, 13, dtype=F64)
+    series = rule(torch.stack([a0, torch.ones_like(a0), torch.zeros_like(a0)]), affine=True)
+    for got, want in zip(_series.second_order(rule, a0), series, strict=True):
+        assert_close(got, want)
+
+
+_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "exp": lambda h: torch.exp(h / 4),
+    "sin": torch.sin,
+    "cos": torch.cos,
+    "softplus": torch.nn.functional.softplus,
+    "gelu": torch.nn.functional.gelu,
+    "silu": torch.nn.functional.silu,
+}
+
+
+@pytest.mark.parametrize("name", sorted(_ACTIVATIONS))
+def test_collapsed_laplacian_of_every_activation_equals_nested(name: str) -> None:
+    act = _ACTIVATIONS[name]
+    g = torch.Generator().manual_seed(6)
+    w1, w2, w3 = (
+        torch.randn(m, k, dtype=F64, generator=g) / 2 for m, k in [(3, 8), (8, 8), (8, 2)]
+    )
+
+    def f(x: Tensor) -> Tensor:
+        return act(act(x @ w1) @ w2) @ w3
+
+    xs = torch.randn(6, 3, dtype=F64, generator=g)
+    got = torch.func.vmap(hodfunc.laplacian(f, method="taylor"))(xs)
+    assert_close(got, torch.func.vmap(hodfunc.laplacian(f, method="nested"))(xs))

@@ -18,7 +18,7 @@ from helpers import assert_close
 from torch import Tensor
 
 import hodfunc
-from hodfunc._taylor._interpret import donations
+from hodfunc._taylor._plan import plan
 from hodfunc._taylor._trace import Program, TraceCache
 
 F64 = torch.float64
@@ -108,16 +108,16 @@ def test_an_mlp_hands_every_linear_result_to_its_activation() -> None:
         return (torch.tanh(torch.tanh(x @ _W) @ _V) @ _V).sum()
 
     program = _program(mlp)
-    plan = donations(program)
-    handed = [ins.name for ins, given in zip(program.instructions, plan, strict=True) if given]
+    steps = plan(program, first_orders=True, overwrite=True)
+    handed = [ins.name for ins, s in zip(program.instructions, steps, strict=True) if s.donated]
     assert handed.count("tanh") == 2, handed
 
 
 def test_nothing_is_handed_over_while_the_argument_is_still_visible() -> None:
     program = _program(_read_after_tanh)
-    plan = donations(program)
+    steps = plan(program, first_orders=True, overwrite=True)
     assert not any(
-        given for ins, given in zip(program.instructions, plan, strict=True) if ins.name == "tanh"
+        s.donated for ins, s in zip(program.instructions, steps, strict=True) if ins.name == "tanh"
     )
 
 

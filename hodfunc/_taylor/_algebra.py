@@ -7,12 +7,14 @@ an affine op adds its constant to coefficient 0 only. They differ only in nonlin
 
 - ``Univariate(K)``: ``(K + 1, *S)`` normalized Taylor coefficients of ``f(x + t v)``. Products
   are Cauchy convolutions, elementwise functions the recurrences of ``_series``.
-- ``Collapsed(n)``: ``(n + 2, *S)`` = the value, the ``n`` first-order coefficients along every
-  coordinate direction, and the *sum* over directions of the normalized second-order coefficients
-  (Dangel et al. 2025; the forward Laplacian of Li et al. 2024). For ``y = phi(a)``:
+- ``Collapsed(n)``: ``(n + 2, *S)`` = the value, the *sum* over directions of the normalized
+  second-order coefficients, then the ``n`` first-order coefficients along every coordinate
+  direction (Dangel et al. 2025; the forward Laplacian of Li et al. 2024). For ``y = phi(a)``:
   ``y_1,i = phi' a_1,i`` and ``y_2 = phi' a_2 + (phi''/2) sum_i a_1,i^2``; for a bilinear ``B``:
   ``B(a, b)_2 = B(a_0, b_2) + B(a_2, b_0) + sum_i B(a_1,i, b_1,i)``. ``phi'`` and ``phi''/2`` come
   from the univariate recurrence of ``phi`` at order 2, so every elementwise rule serves both.
+  The first-order rows come last so that a jet whose first orders nothing downstream reads (the
+  last activation of a network whose Laplacian is asked for) can simply end after row 1.
 """
 
 from __future__ import annotations
@@ -47,13 +49,33 @@ class Algebra(Protocol):
     """The length of the coefficient axis."""
 
     def unary(
-        self, rule: UnaryRule, a: Tensor, *, affine: bool = False, donated: bool = False
+        self,
+        rule: UnaryRule,
+        a: Tensor,
+        *,
+        affine: bool = False,
+        donated: bool = False,
+        first: bool = True,
     ) -> Tensor:
         """``phi(a)`` where ``rule`` is ``phi``'s univariate series rule.
 
         ``affine``: ``a`` is known to be an affine function of the input (``a_k = 0`` for k >= 2).
         ``donated``: nothing else reads ``a``; its memory may hold the result.
+        ``first``: something downstream reads the result's first-order coefficients (the
+        collapsed algebra may leave them out otherwise).
         """
+        ...
+
+    def unary_split(
+        self,
+        rule: UnaryRule,
+        head: Tensor,
+        tail: Tensor,
+        *,
+        affine: bool = False,
+        first: bool = True,
+    ) -> Tensor:
+        """``unary`` of the jet whose value is ``head`` and other coefficients ``tail``."""
         ...
 
     def product(self, op: Bilinear, a: Tensor, b: Tensor, *, batched: bool) -> Tensor:
@@ -77,11 +99,10 @@ def _pairwise(op: Bilinear, a: Tensor, b: Tensor, batched: bool) -> Tensor:
 
 @functools.cache
 def _collapsed_pairs(n: int) -> Pairs:
-    """``(i, j) -> out`` of the collapsed product: value, ``n`` first orders, summed second."""
-    top = n + 1
-    pairs = [(0, 0, 0)]
-    pairs += [(i, 0, i) for i in range(1, top)] + [(0, i, i) for i in range(1, top)]
-    pairs += [(top, 0, top), (0, top, top)] + [(i, i, top) for i in range(1, top)]
+    """``(i, j) -> out`` of the collapsed product: value, summed second, ``n`` first orders."""
+    first = range(2, n + 2)
+    pairs = [(0, 0, 0), (1, 0, 1), (0, 1, 1)] + [(i, i, 1) for i in first]
+    pairs += [(i, 0, i) for i in first] + [(0, i, i) for i in first]
     return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs), tuple(p[2] for p in pairs)
 
 
@@ -92,15 +113,6 @@ def _combine(
     products = _pairwise(op, a[ia], b[ib], batched)
     out = m @ products.reshape(products.shape[0], -1)
     return out.reshape(m.shape[0], *products.shape[1:])
-
-
-def _sum_of_squares(rows: Tensor, block: int = 8) -> Tensor:
-    """``(rows * rows).sum(0)``, squaring ``block`` rows at a time: a temporary as large as
-    ``rows`` would be fresh memory (page faults) on every call."""
-    total = rows[:block].square().sum(0)
-    for start in range(block, rows.shape[0], block):
-        total += rows[start : start + block].square().sum(0)
-    return total
 
 
 def _scaled_rows(scale: Tensor, a: Tensor, donated: bool) -> Tensor:
@@ -123,9 +135,26 @@ class Univariate:
         self.size = order + 1
 
     def unary(
-        self, rule: UnaryRule, a: Tensor, *, affine: bool = False, donated: bool = False
+        self,
+        rule: UnaryRule,
+        a: Tensor,
+        *,
+        affine: bool = False,
+        donated: bool = False,
+        first: bool = True,
     ) -> Tensor:
         return rule(a, affine=affine)
+
+    def unary_split(
+        self,
+        rule: UnaryRule,
+        head: Tensor,
+        tail: Tensor,
+        *,
+        affine: bool = False,
+        first: bool = True,
+    ) -> Tensor:
+        return rule(torch.cat([head.unsqueeze(0), tail]), affine=affine)
 
     def product(self, op: Bilinear, a: Tensor, b: Tensor, *, batched: bool) -> Tensor:
         if self.size == 1:
@@ -137,27 +166,68 @@ class Univariate:
 
 
 class Collapsed:
-    """Value, ``n`` first-order directions and the summed second-order coefficient."""
+    """Value, summed second-order coefficient and ``n`` first-order directions.
+
+    ``unary(..., first=False)`` returns only the value and the summed second order (the caller
+    knows that nothing reads the first orders); such a truncated jet may pass through linear ops,
+    which act on any number of rows.
+    """
 
     def __init__(self, n: int) -> None:
         self.n = n
         self.size = n + 2
 
     def unary(
-        self, rule: UnaryRule, a: Tensor, *, affine: bool = False, donated: bool = False
+        self,
+        rule: UnaryRule,
+        a: Tensor,
+        *,
+        affine: bool = False,
+        donated: bool = False,
+        first: bool = True,
     ) -> Tensor:
-        a0 = a[0]
-        d = rule(torch.stack([a0, torch.ones_like(a0), torch.zeros_like(a0)]), affine=True)
-        first = a[1 : self.n + 1]
-        second = d[1] * a[self.n + 1] + d[2] * _sum_of_squares(first)
+        scaled = (lambda d1: _scaled_rows(d1, a, donated)) if first else None
+        return self._unary(rule, a[0], a[1:], scaled)
+
+    def unary_split(
+        self,
+        rule: UnaryRule,
+        head: Tensor,
+        tail: Tensor,
+        *,
+        affine: bool = False,
+        first: bool = True,
+    ) -> Tensor:
+        def scaled(d1: Tensor) -> Tensor:  # one pass, batched only where ``d1`` is
+            return d1 * torch.cat([torch.zeros_like(tail[:1]), tail])
+
+        return self._unary(rule, head, tail, scaled if first else None)
+
+    def _unary(
+        self,
+        rule: UnaryRule,
+        a0: Tensor,
+        rest: Tensor,
+        scaled: Callable[[Tensor], Tensor] | None,
+    ) -> Tensor:
+        """``phi`` of the jet ``(a0, *rest)``. ``scaled(phi')`` is ``phi'`` times the input's rows
+        1.. in its rows 1.., and anything in row 0 (overwritten here); without it the result ends
+        after row 1."""
+        y, d1, d2 = _series.second_order(rule, a0)
+        squares = (rest[1:] * rest[1:]).sum(0)
+        if scaled is None:
+            return torch.stack([y, d1 * rest[0] + d2 * squares])
         if tracing():
-            return torch.cat([d[:1], d[1] * first, second.unsqueeze(0)])
-        out = _scaled_rows(d[1], a, donated)  # rows 1..n are right; set rows 0 and n + 1
-        try:  # in place on a tensor nothing else reads: saves a copy
-            out.select(0, 0).copy_(d[0])
-            out.select(0, self.n + 1).copy_(second)
+            return torch.cat(
+                [y.unsqueeze(0), (d1 * rest[0] + d2 * squares).unsqueeze(0), d1 * rest[1:]]
+            )
+        out = scaled(d1)  # rows 1.. hold phi' times the input's: right but for the second order
+        try:  # in place on a new tensor (or one nothing else reads): saves copies
+            out.select(0, 0).copy_(y)
+            out.select(0, 1).add_(d2 * squares)
         except RuntimeError:  # ``out`` lacks a vmap level of ``d``: copy instead
-            return torch.cat([d[:1], out[1 : self.n + 1], second.unsqueeze(0)])
+            second = out[1] + d2 * squares
+            return torch.cat([y.unsqueeze(0), second.unsqueeze(0), out[2:]])
         return out
 
     def product(self, op: Bilinear, a: Tensor, b: Tensor, *, batched: bool) -> Tensor:

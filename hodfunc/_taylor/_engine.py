@@ -75,12 +75,22 @@ class TaylorEngine:
             )
         return bound
 
-    def _propagate(self, call: Call, bound: Bound, coefficients: Tensor, ctx: Context) -> Tensor:
-        """Coefficients of the output (zeros beyond the value where it does not depend on x)."""
+    def _propagate(
+        self, call: Call, bound: Bound, tail: Tensor, ctx: Context, *, first_orders: bool = True
+    ) -> Tensor:
+        """Coefficients of the output (zeros beyond the value where it does not depend on x),
+        given the input's coefficients beyond its value, ``tail``.
+
+        The input's jet is held split (``Jet.split``): under ``vmap`` over points the value is
+        batched and ``tail`` usually is not, and neither are its images under the linear layers
+        before the first nonlinearity. ``first_orders=False``: the caller reads only the output's
+        value and summed second order (the collapsed Laplacian), so the propagation may drop the
+        first orders where nothing downstream needs them.
+        """
         # order 0 is the plain value: run the program without coefficients
         affine = isinstance(ctx.algebra, Univariate)  # x + t v
-        free = Jet(coefficients, affine=affine) if ctx.algebra.size > 1 else coefficients[0]
-        out = run(bound.program, bound.inputs, free, ctx)
+        free = Jet(split=(call.x, tail), affine=affine) if ctx.algebra.size > 1 else call.x
+        out = run(bound.program, bound.inputs, free, ctx, first_orders=first_orders)
         if isinstance(out, Jet):
             check_output(call.api, out.c[0])
             return out.c
@@ -109,14 +119,10 @@ class TaylorEngine:
     def _coefficients(
         self, call: Call, bound: Bound, v: Tensor, order: int, ctx: Context
     ) -> Tensor:
-        x = call.x
-        parts = [x, v.to(x.dtype)] if order >= 1 else [x]
-        if order >= 2:
-            parts.append(torch.zeros_like(x).unsqueeze(0).expand(order - 1, *x.shape))
-            series = torch.cat([parts[0].unsqueeze(0), parts[1].unsqueeze(0), parts[2]])
-        else:
-            series = torch.stack(parts)
-        return self._propagate(call, bound, series, ctx)
+        v = v.to(call.x.dtype)
+        rest = torch.zeros_like(v).expand(max(order - 1, 0), *v.shape)
+        tail = torch.cat([v.unsqueeze(0), rest])
+        return self._propagate(call, bound, tail, ctx)
 
     def jet(self, call: Call, v: Tensor, order: int) -> Tensor:
         bound = self._bind(call)
@@ -158,10 +164,11 @@ class TaylorEngine:
         x = call.x
         n = x.numel()
         ctx = Context(Collapsed(n), call.api)
-        series = torch.cat([x.unsqueeze(0), basis(x), torch.zeros_like(x).unsqueeze(0)])
-        coefficients = self._propagate(call, bound, series, ctx)
+        directions = basis(x)  # not batched under vmap over points
+        tail = torch.cat([torch.zeros_like(directions[:1]), directions])
+        coefficients = self._propagate(call, bound, tail, ctx, first_orders=False)
         self._warn(call.api, ctx, 2)
-        return 2 * coefficients[n + 1]
+        return 2 * coefficients[1]
 
 
 class AutoEngine:

@@ -4,26 +4,18 @@ Ops that do not depend on the free argument run unchanged (once, on ordinary ten
 run their Taylor rule. Everything is plain torch on ordinary tensors, so a propagation composes
 with ``torch.func.vmap``, ``torch.func.grad`` and autograd like any other torch code.
 
-Memory. A value is dropped after its last reader (``Program.releases``), so its memory is reused
-as the run goes; holding every intermediate to the end made each call fault in fresh pages for all
-of them (a third of the collapsed Laplacian's time at 256 points). And a rule may overwrite an
-argument's coefficients instead of allocating its result when nothing can see them any more
-(``donations``): the argument is read for the last time, it and every view of it are dead, it was
-computed by a rule known to return new coefficients, and nothing in the run records a graph for
-autograd (which would have saved it).
+Memory: a value is dropped after its last reader (``Program.releases``), and ``_plan`` says which
+rules may overwrite an argument or leave out first orders nothing reads.
 """
 
 from __future__ import annotations
 
-import operator
-import weakref
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
-from torch.utils import _pytree as pytree
 
-from ._rules import FRESH_RESULTS, Context, Jet, keeps_affine, lookup
+from ._plan import plan
+from ._rules import Context, Jet, keeps_affine, lookup
 from ._trace import Program, Ref
 
 __all__ = ["run"]
@@ -48,23 +40,36 @@ def _has_jet(values: Sequence[object]) -> bool:
     return False
 
 
-def run(program: Program, inputs: Sequence[Tensor], x: Jet | Tensor, ctx: Context) -> object:
-    """Evaluate ``program`` on ``inputs`` with slot ``program.x_slot`` holding ``x`` (a jet)."""
+def run(
+    program: Program,
+    inputs: Sequence[Tensor],
+    x: Jet | Tensor,
+    ctx: Context,
+    *,
+    first_orders: bool = True,
+) -> object:
+    """Evaluate ``program`` on ``inputs`` with slot ``program.x_slot`` holding ``x`` (a jet).
+
+    ``first_orders=False``: the caller reads only the output's value and summed second order
+    (collapsed mode), so rules may leave out first orders that nothing downstream reads.
+    """
     env: list[object] = [None] * program.n_slots
     env[: len(inputs)] = inputs
     env[program.x_slot] = x
     for slot, constant in program.constants.items():
         env[slot] = constant
-    grads = any(t.requires_grad for t in (*inputs, x.c if isinstance(x, Jet) else x))
-    plan = (frozenset(),) * len(program.instructions) if grads else donations(program)
-    for ins, releases, donated in zip(program.instructions, program.releases, plan, strict=True):
+    seeds = (x.split or (x.c,)) if isinstance(x, Jet) else (x,)
+    grads = any(t.requires_grad for t in (*inputs, *seeds))
+    steps = plan(program, first_orders=first_orders, overwrite=not grads)
+    for ins, releases, step in zip(program.instructions, program.releases, steps, strict=True):
         args = _resolve(ins.args, env)
         kwargs = _resolve(ins.kwargs, env)
         assert isinstance(args, tuple)
         assert isinstance(kwargs, dict)
         if ins.depends and (_has_jet(args) or _has_jet(tuple(kwargs.values()))):
             ctx.piecewise.clear()
-            ctx.donated = frozenset(id(env[slot]) for slot in donated)
+            ctx.donated = frozenset(id(env[slot]) for slot in step.donated)
+            ctx.first = step.first
             out = lookup(ins.name)(ctx, ins.fn, args, kwargs)
             jets = _jets(args) + _jets(tuple(kwargs.values()))
             tags = frozenset(ctx.piecewise.union(*(j.through for j in jets)))
@@ -80,66 +85,6 @@ def run(program: Program, inputs: Sequence[Tensor], x: Jet | Tensor, ctx: Contex
     return result
 
 
-_PLANS: weakref.WeakKeyDictionary[Program, tuple[frozenset[int], ...]] = weakref.WeakKeyDictionary()
-
-
-def donations(program: Program) -> tuple[frozenset[int], ...]:
-    """Per instruction, the argument slots whose coefficients its rule may overwrite."""
-    plan = _PLANS.get(program)
-    if plan is None:
-        plan = _PLANS[program] = _plan(program)
-    return plan
-
-
-def _plan(program: Program) -> tuple[frozenset[int], ...]:
-    end = len(program.instructions)
-    last: dict[int, int] = {}
-    reads: list[list[int]] = []
-    for index, ins in enumerate(program.instructions):
-        slots = [x.slot for x in pytree.tree_leaves((ins.args, ins.kwargs)) if isinstance(x, Ref)]
-        reads.append(slots)
-        last[ins.slot] = index
-        last.update(dict.fromkeys(slots, index))
-    for x in pytree.tree_leaves(program.output):
-        if isinstance(x, Ref):
-            last[x.slot] = end  # the caller's: never dead
-    # storage: every slot's root is the slot whose fresh allocation it may share
-    root: dict[int, int] = {}
-    shared: set[int] = set(range(program.n_inputs)) | set(program.constants)
-    for ins, slots in zip(program.instructions, reads, strict=True):
-        if ins.depends and ins.name in FRESH_RESULTS:
-            root[ins.slot] = ins.slot
-        elif ins.depends and slots and _is_view(ins.fn):
-            root[ins.slot] = root.get(slots[0], slots[0])
-        else:  # unknown aliasing: neither it nor anything it read may be overwritten
-            root[ins.slot] = ins.slot
-            shared.add(ins.slot)
-            shared.update(root.get(slot, slot) for slot in slots)
-    alive_until: dict[int, int] = {}
-    for slot, base in root.items():
-        alive_until[base] = max(alive_until.get(base, -1), last.get(slot, -1))
-    plan = []
-    for index, slots in enumerate(reads):
-        plan.append(
-            frozenset(
-                slot
-                for slot in slots
-                if slots.count(slot) == 1
-                and root.get(slot, slot) not in shared
-                and alive_until.get(root.get(slot, slot), end) == index
-            )
-        )
-    return tuple(plan)
-
-
-def _is_view(fn: object) -> bool:
-    if fn is operator.getitem:
-        return True
-    if isinstance(fn, torch._ops.OpOverload):
-        return any(r.alias_info is not None for r in fn._schema.returns)
-    return False
-
-
 def _jets(values: Sequence[object]) -> list[Jet]:
     found: list[Jet] = []
     for v in values:
@@ -152,7 +97,7 @@ def _jets(values: Sequence[object]) -> list[Jet]:
 
 def _retag(out: object, tags: frozenset[str], affine: bool) -> object:
     if isinstance(out, Jet):
-        return Jet(out.c, out.through | tags, affine)
+        return out.retagged(out.through | tags, affine)
     if isinstance(out, (list, tuple)):
         return type(out)(_retag(o, tags, affine) for o in out)
     return out

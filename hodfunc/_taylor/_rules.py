@@ -32,25 +32,77 @@ from . import _series
 from ._algebra import Algebra, UnaryRule
 from ._trace import tracing
 
-__all__ = ["FRESH_RESULTS", "RULES", "Context", "Jet", "Rule", "has_rule", "keeps_affine", "lookup"]
+__all__ = [
+    "FRESH_RESULTS",
+    "ROW_WISE",
+    "RULES",
+    "UNARY_OPS",
+    "Context",
+    "Jet",
+    "Rule",
+    "has_rule",
+    "keeps_affine",
+    "lookup",
+]
 
 
-@dataclass(frozen=True)
 class Jet:
-    """An input-dependent tensor: its coefficients, stacked on a leading axis."""
+    """An input-dependent tensor: its coefficients, stacked on a leading axis (``c``).
 
-    c: Tensor
-    through: frozenset[str] = frozenset()
-    """The piecewise-linear ops on this value's path (kept by the interpreter, not by rules)."""
-    affine: bool = False
-    """Whether the value is an affine function of ``t`` (``c[k] = 0`` for k >= 2), as ``x + t v``
-    and every linear layer of it are: the first nonlinear op then has a cheaper recurrence. Kept
-    by the interpreter (``keeps_affine``), not by rules."""
+    A jet may also be held *split*, its value (``head``) apart from the other coefficients
+    (``tail``), because under ``vmap`` the two are often batched differently: the value depends on
+    the point, the directions seeded at the input do not, and neither do their images under the
+    linear layers before the first nonlinearity. Kept apart, those images cost one small
+    unbatched matmul instead of one per point. ``c`` joins the parts on first use, so every rule
+    is right on a split jet; the rules of linear ops and the algebras' unary maps keep the parts
+    apart where they can (``split``).
+    """
+
+    __slots__ = ("_c", "_split", "affine", "through")
+
+    def __init__(
+        self,
+        c: Tensor | None = None,
+        through: frozenset[str] = frozenset(),
+        affine: bool = False,
+        *,
+        split: tuple[Tensor, Tensor] | None = None,
+    ) -> None:
+        if (c is None) == (split is None):
+            raise TypeError("Jet takes the coefficients or their split, not both")
+        self._c = c
+        self._split = split
+        self.through = through
+        """The piecewise-linear ops on this value's path (kept by the interpreter, not by rules)."""
+        self.affine = affine
+        """Whether the value is an affine function of ``t`` (``c[k] = 0`` for k >= 2), as
+        ``x + t v`` and every linear layer of it are: the first nonlinear op then has a cheaper
+        recurrence. Kept by the interpreter (``keeps_affine``), not by rules."""
+
+    @property
+    def c(self) -> Tensor:
+        """All coefficients, ``(size, *value.shape)``."""
+        if self._c is None:
+            assert self._split is not None
+            head, tail = self._split
+            self._c = torch.cat([head.unsqueeze(0), tail])
+        return self._c
+
+    @property
+    def split(self) -> tuple[Tensor, Tensor] | None:
+        """``(value, the other coefficients)`` if this jet was built from them, else ``None``."""
+        return self._split
 
     @property
     def rank(self) -> int:
         """The number of dims of the value itself."""
-        return self.c.dim() - 1
+        return self._split[0].dim() if self._split is not None else self.c.dim() - 1
+
+    def retagged(self, through: frozenset[str], affine: bool) -> Jet:
+        """The same coefficients with other interpreter tags."""
+        if self._split is not None and self._c is None:
+            return Jet(through=through, affine=affine, split=self._split)
+        return Jet(self.c, through, affine)
 
 
 @dataclass
@@ -68,6 +120,9 @@ class Context:
     reached: frozenset[str] = frozenset()
     donated: frozenset[int] = frozenset()
     """``id``s of the argument ``Jet``s the current rule may overwrite (set by the interpreter)."""
+    first: bool = True
+    """Whether anything downstream reads the current rule's first-order coefficients (collapsed
+    mode; set by the interpreter)."""
 
 
 Rule = Callable[[Context, Callable[..., object], tuple[object, ...], Mapping[str, object]], object]
@@ -193,10 +248,25 @@ def _promote(ctx: Context, v: object, like: Jet) -> Tensor:
     return torch.cat([t.unsqueeze(0), zeros])
 
 
+def _coefficientwise(a: Jet, linear: Callable[[Tensor], Tensor]) -> Jet:
+    """``linear`` (which maps the leading axis as a batch axis) applied to every coefficient of
+    ``a``; a split jet stays split."""
+    if a.split is None:
+        return Jet(linear(a.c))
+    head, tail = a.split
+    return Jet(split=(linear(head.unsqueeze(0))[0], linear(tail)))
+
+
 def _affine(a: Jet, const: object) -> Jet:
     """``a + const`` with the constant added to coefficient 0 only."""
     if isinstance(const, (int, float)) and const == 0:
         return a
+    if a.split is not None:
+        head, tail = a.split
+        head = head + const  # type: ignore[operator]  # a tensor or a number
+        if tuple(head.shape) != tuple(tail.shape[1:]):
+            tail = _lift(tail, head.dim()).expand(tail.shape[0], *head.shape)
+        return Jet(split=(head, tail))
     head = a.c[0] + const  # type: ignore[operator]  # a tensor or a number
     tail = a.c[1:]
     if tuple(head.shape) != tuple(tail.shape[1:]):
@@ -211,6 +281,8 @@ def _affine_fresh(a: Jet, const: Tensor) -> Jet:
     tensor is new and no backward formula saved it. When ``const`` is batched at a ``vmap`` level
     that ``a`` is not, torch refuses the in-place add, and the copy is made after all.
     """
+    if a.split is not None:
+        return _affine(a, const)
     shape = torch.broadcast_shapes(a.c.shape[1:], const.shape)  # type: ignore[no-untyped-call]
     if tracing() or tuple(shape) != tuple(a.c.shape[1:]):
         return _affine(a, const)
@@ -359,7 +431,7 @@ def _view(
     assert isinstance(a, Jet)
     shape = args[1]
     assert isinstance(shape, (list, tuple))
-    return Jet(a.c.reshape(a.c.shape[0], *shape))
+    return _coefficientwise(a, lambda c: c.reshape(c.shape[0], *shape))
 
 
 @_rule("expand")
@@ -390,7 +462,7 @@ def _t(
 ) -> object:
     a = args[0]
     assert isinstance(a, Jet)
-    return a if a.rank < 2 else Jet(a.c.transpose(1, 2))
+    return a if a.rank < 2 else _coefficientwise(a, lambda c: c.transpose(1, 2))
 
 
 @_rule("transpose")
@@ -413,7 +485,7 @@ def _unsqueeze(
     assert isinstance(a, Jet)
     d = args[1]
     assert isinstance(d, int)
-    return Jet(a.c.unsqueeze(_dim(d, a.rank + 1)))
+    return _coefficientwise(a, lambda c: c.unsqueeze(_dim(d, a.rank + 1)))
 
 
 @_rule("select")
@@ -534,16 +606,17 @@ def _masked_fill(
 # ---------------------------------------------------------------- bilinear ops
 
 
-def _matmul_const(name: str, a: object, b: object) -> Tensor:
+def _matmul_const(name: str, a: object, b: object) -> Jet:
     """``a @ b`` where exactly one side is a ``Jet``; the coefficient axis rides as a batch dim."""
     if isinstance(a, Jet):
         assert isinstance(b, Tensor)
-        return torch.matmul(a.c, b)
+        return _coefficientwise(a, lambda c: torch.matmul(c, b))
     assert isinstance(b, Jet)
     assert isinstance(a, Tensor)
     if name in ("mv", "dot"):
-        return torch.matmul(b.c, a.transpose(-1, -2) if a.dim() == 2 else a)
-    return torch.matmul(a, b.c)
+        at = a.transpose(-1, -2) if a.dim() == 2 else a
+        return _coefficientwise(b, lambda c: torch.matmul(c, at))
+    return _coefficientwise(b, lambda c: torch.matmul(a, c))
 
 
 @_rule("mm", "bmm", "mv", "dot", "matmul")
@@ -554,7 +627,7 @@ def _mm(
     name = getattr(op, "__name__", "mm").split(".")[0]
     if isinstance(a, Jet) and isinstance(b, Jet):
         return Jet(ctx.algebra.product(lambda x, y: op(x, y), a.c, b.c, batched=False))  # type: ignore[arg-type, return-value]
-    return Jet(_matmul_const(name, a, b))
+    return _matmul_const(name, a, b)
 
 
 @_rule("addmm", "addmv", "baddbmm")
@@ -651,8 +724,14 @@ def _unary(series_rule: UnaryRule) -> Rule:
     ) -> object:
         a = args[0]
         assert isinstance(a, Jet)
+        if a.split is not None:
+            head, tail = a.split
+            return Jet(
+                ctx.algebra.unary_split(series_rule, head, tail, affine=a.affine, first=ctx.first)
+            )
+        donated = id(a) in ctx.donated
         return Jet(
-            ctx.algebra.unary(series_rule, a.c, affine=a.affine, donated=id(a) in ctx.donated)
+            ctx.algebra.unary(series_rule, a.c, affine=a.affine, donated=donated, first=ctx.first)
         )
 
     return rule
@@ -696,6 +775,17 @@ _UNARY: dict[str, UnaryRule] = {
 for _name, _series_rule in _UNARY.items():
     RULES[_name] = _unary(_series_rule)
 
+UNARY_OPS = frozenset(_UNARY)
+"""Ops whose rule is the algebra's unary map (``Context.first`` reaches it)."""
+ROW_WISE = frozenset(
+    {
+        *("view", "_unsafe_view", "reshape", "unsqueeze", "squeeze", "t", "transpose", "permute"),
+        *("expand", "sum", "mean", "mm", "mv", "bmm", "dot", "matmul", "addmm", "addmv"),
+        *("baddbmm", "add", "sub", "mul", "neg"),
+    }
+)
+"""Ops whose rules, when only one argument carries coefficients, map each coefficient row on its
+own and accept any number of rows (a jet whose first orders were left out passes through)."""
 FRESH_RESULTS = frozenset(
     {"mm", "bmm", "mv", "dot", "addmm", "addmv", "baddbmm", "convolution", "mul", "div", *_UNARY}
 )

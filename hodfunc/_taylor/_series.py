@@ -40,6 +40,7 @@ __all__ = [
     "log1p",
     "power",
     "reciprocal",
+    "second_order",
     "sigmoid",
     "sin",
     "sinh",
@@ -352,3 +353,53 @@ def erf(a: Series, *, affine: bool = False) -> Series:
     """``erf``: ``y' = (2 / sqrt(pi)) exp(-a^2) a'``."""
     u = exp(-cauchy(a, a)[:-1]) * (2 / math.sqrt(math.pi))
     return _integrate(torch.erf(a[0]), cauchy(_derivative(a), u))
+
+
+def _tanh2(a0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    y = torch.tanh(a0)
+    d1 = 1 - y * y
+    return y, d1, -y * d1
+
+
+def _sigmoid2(a0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    y = torch.sigmoid(a0)
+    d1 = y * (1 - y)
+    return y, d1, d1 * (0.5 - y)
+
+
+def _exp2(a0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    y = torch.exp(a0)
+    return y, y, 0.5 * y
+
+
+def _sin2(a0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    s = torch.sin(a0)
+    return s, torch.cos(a0), -0.5 * s
+
+
+def _cos2(a0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    c = torch.cos(a0)
+    return c, -torch.sin(a0), -0.5 * c
+
+
+_SECOND_ORDER: dict[Callable[..., Series], Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]] = {
+    tanh: _tanh2,
+    sigmoid: _sigmoid2,
+    exp: _exp2,
+    sin: _sin2,
+    cos: _cos2,
+}
+
+
+def second_order(rule: Callable[..., Series], a0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``phi(a0)``, ``phi'(a0)`` and ``phi''(a0) / 2``, where ``rule`` is ``phi``'s series rule:
+    all that collapsed (forward-Laplacian) mode needs of ``phi``.
+
+    Closed forms for the common activations take a third of the kernel launches of the general
+    way, the series of ``a0 + t`` to order 2.
+    """
+    closed = _SECOND_ORDER.get(rule)
+    if closed is not None:
+        return closed(a0)
+    d = rule(torch.stack([a0, torch.ones_like(a0), torch.zeros_like(a0)]), affine=True)
+    return d[0], d[1], d[2]
