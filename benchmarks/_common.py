@@ -1,4 +1,5 @@
-"""Shared benchmark plumbing: timing (median of repeats), the environment record, JSON output."""
+"""Shared benchmark plumbing: timing (median of repeats, or interleaved rounds), the environment
+record, JSON output."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -25,6 +26,29 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def interleaved_medians(
+    fns: Mapping[str, Callable[[], object]], repeats: int = 9, warmup: int = 1
+) -> dict[str, float]:
+    """Median wall time of each of ``fns`` over ``repeats`` rounds, each round calling every one
+    once (in a rotating order), after ``warmup`` rounds.
+
+    On a shared machine the speed drifts over seconds; interleaving puts the same drift into
+    every figure, so their ratios hold even when the absolute times do not.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def environment() -> dict[str, object]:

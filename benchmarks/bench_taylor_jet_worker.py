@@ -58,6 +58,24 @@ def tanh_mlp(layers: list[tuple[Tensor, Tensor]], x: Tensor) -> Tensor:
     return h.squeeze(-1)
 
 
+def laplacian_points(points: int, dim: int) -> Tensor:
+    """The seeded points of the Laplacian benchmark."""
+    return torch.randn(points, dim, generator=torch.Generator().manual_seed(2))
+
+
+def jet_laplacian(
+    laplacian: Callable[..., Callable[[Tensor], Tensor]], dims: list[int]
+) -> Callable[[Tensor], Tensor]:
+    """jet-for-pytorch's collapsed Laplacian of the benchmark MLP, vmapped over points."""
+    layers = laplacian_weights(dims, torch.float32)
+
+    def f(x: Tensor) -> Tensor:
+        return tanh_mlp(layers, x)
+
+    # per point: a Laplacian of the batched function would sum over all points' coordinates
+    return torch.func.vmap(laplacian(f, (torch.zeros(dims[0]),)))
+
+
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     fn()
     times = []
@@ -102,14 +120,8 @@ def _laplacian_task(
 ) -> dict[str, object]:
     dims = [int(d) for d in cast("list[int]", task["dims"])]
     points, repeats = int(str(task["points"])), int(str(task["repeats"]))
-    layers = laplacian_weights(dims, torch.float32)
-    xs = torch.randn(points, dims[0], generator=torch.Generator().manual_seed(2))
-
-    def f(x: Tensor) -> Tensor:
-        return tanh_mlp(layers, x)
-
-    # per point: a Laplacian of the batched function would sum over all points' coordinates
-    lap = torch.func.vmap(laplacian(f, (torch.zeros(dims[0]),)))
+    xs = laplacian_points(points, dims[0])
+    lap = jet_laplacian(laplacian, dims)
     try:
         values = lap(xs)
         seconds = median_seconds(lambda: lap(xs), repeats)

@@ -6,17 +6,23 @@ Also reports the fraction of the matmul floor reached: exact propagation of all 
 directions must push them through the two 256x256 layers, i.e. two ``(points * 50, 256) @
 (256, 256)`` matmuls; their time, measured here, is the floor (REFERENCES.md).
 
+The timings are interleaved (each round runs every method once) so that the machine's drift
+lands in every figure alike. jet-for-pytorch joins the rounds when it imports in this interpreter;
+otherwise it runs under ``$JET_PYTHON`` in a process of its own, timed apart (noisier).
+
     python benchmarks/bench_taylor_laplacian.py [--quick] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+from collections.abc import Callable
 
 import torch
-from _common import median_seconds, table, write_json
+from _common import interleaved_medians, table, write_json
 from bench_taylor import run_jet
-from bench_taylor_jet_worker import laplacian_weights, tanh_mlp
+from bench_taylor_jet_worker import jet_laplacian, laplacian_points, laplacian_weights, tanh_mlp
 from torch import Tensor
 
 import hodfunc
@@ -31,10 +37,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    repeats = 3 if args.quick else 9
+    repeats = 5 if args.quick else 15
 
     layers = laplacian_weights(DIMS, torch.float32)
-    xs = torch.randn(POINTS, DIMS[0], generator=torch.Generator().manual_seed(2))
+    xs = laplacian_points(POINTS, DIMS[0])
 
     def f(x: Tensor) -> Tensor:
         return tanh_mlp(layers, x)
@@ -59,33 +65,54 @@ def main() -> None:
     assert err64 < 1e-10, err64
     assert err32 < 1e-4, err32
 
-    jet_results, jet_note = run_jet(
-        [{"kind": "laplacian", "dims": DIMS, "points": POINTS, "repeats": repeats}], args.threads
-    )
-    print(jet_note)
+    hidden = torch.randn(POINTS * DIMS[0], 256)
+    weight = torch.randn(256, 256)
+    methods: dict[str, Callable[[], object]] = {
+        "taylor": lambda: taylor(xs),
+        "hessian": lambda: baseline(xs),
+        "floor": lambda: (hidden @ weight, hidden @ weight),
+    }
     row: dict[str, object] = {
         "taylor_vs_hessian_float64": err64,
         "taylor_vs_hessian_float32": err32,
+        "points": POINTS,
+        "dims": DIMS,
     }
-    row["taylor_s"] = median_seconds(lambda: taylor(xs), repeats)
-    row["hessian_s"] = median_seconds(lambda: baseline(xs), repeats)
-    hidden = torch.randn(POINTS * DIMS[0], 256)
-    weight = torch.randn(256, 256)
-    row["floor_s"] = median_seconds(lambda: (hidden @ weight, hidden @ weight), repeats)
-    if jet_results and "error" not in jet_results[0]:
-        jet_values = torch.tensor(jet_results[0]["values"])
+    jet_values: Tensor | None = None
+    if importlib.util.find_spec("jet") is not None:
+        import jet  # type: ignore[import-not-found]  # optional, untyped
+
+        jet_lap = jet_laplacian(jet.laplacian, DIMS)
+        jet_values = jet_lap(xs)
+        methods["jet"] = lambda: jet_lap(xs)
+        print("jet-for-pytorch in this interpreter: timed in the same rounds")
+    else:
+        jet_results, jet_note = run_jet(
+            [{"kind": "laplacian", "dims": DIMS, "points": POINTS, "repeats": repeats}],
+            args.threads,
+        )
+        print(f"{jet_note} (its own process, timed apart)" if jet_results else jet_note)
+        if jet_results and "error" not in jet_results[0]:
+            jet_values = torch.tensor(jet_results[0]["values"])
+            row["jet_s"] = jet_results[0]["seconds"]
+        elif jet_results:
+            row["jet_error"] = jet_results[0]["error"]
+    if jet_values is not None:
         row["jet_vs_taylor"] = float((jet_values - got).abs().max() / got.abs().max())
-        row["jet_s"] = jet_results[0]["seconds"]
-    elif jet_results:
-        row["jet_error"] = jet_results[0]["error"]
+
+    for name, seconds in interleaved_medians(methods, repeats).items():
+        row[f"{name}_s"] = seconds
 
     def ms(key: str) -> str:
         value = row.get(key)
         return f"{1e3 * float(value):.1f}" if isinstance(value, float) else "-"
 
+    taylor_s = row["taylor_s"]
+    assert isinstance(taylor_s, float)
+
     def over(key: str) -> str:
         value = row.get(key)
-        return f"{float(value) / float(row['taylor_s']):.2f}x" if isinstance(value, float) else "-"  # type: ignore[arg-type]
+        return f"{value / taylor_s:.2f}x" if isinstance(value, float) else "-"
 
     print(
         table(
@@ -98,9 +125,8 @@ def main() -> None:
             ],
         )
     )
-    floor, taylor_s = row["floor_s"], row["taylor_s"]
+    floor = row["floor_s"]
     assert isinstance(floor, float)
-    assert isinstance(taylor_s, float)
     print(f"fraction of the matmul floor reached: {floor / taylor_s:.0%}")
     print(f"taylor vs trace(hessian): {err64:.1e} (float64), {err32:.1e} (float32)")
     print(f"wrote {write_json('bench_taylor_laplacian', [row])}")

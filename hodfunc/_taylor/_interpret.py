@@ -22,22 +22,13 @@ __all__ = ["run"]
 
 
 def _resolve(value: object, env: list[object]) -> object:
-    if isinstance(value, Ref):
+    if type(value) is Ref:
         return env[value.slot]
     if isinstance(value, (list, tuple)):
         return type(value)(_resolve(v, env) for v in value)
     if isinstance(value, dict):
         return {k: _resolve(v, env) for k, v in value.items()}
     return value
-
-
-def _has_jet(values: Sequence[object]) -> bool:
-    for v in values:
-        if isinstance(v, Jet):
-            return True
-        if isinstance(v, (list, tuple)) and any(isinstance(x, Jet) for x in v):
-            return True
-    return False
 
 
 def run(
@@ -61,18 +52,19 @@ def run(
     seeds = (x.split or (x.c,)) if isinstance(x, Jet) else (x,)
     grads = any(t.requires_grad for t in (*inputs, *seeds))
     steps = plan(program, first_orders=first_orders, overwrite=not grads)
+    none: frozenset[int] = frozenset()
     for ins, releases, step in zip(program.instructions, program.releases, steps, strict=True):
-        args = _resolve(ins.args, env)
-        kwargs = _resolve(ins.kwargs, env)
-        assert isinstance(args, tuple)
-        assert isinstance(kwargs, dict)
-        if ins.depends and (_has_jet(args) or _has_jet(tuple(kwargs.values()))):
+        args = tuple([_resolve(a, env) for a in ins.args])
+        kwargs = {k: _resolve(v, env) for k, v in ins.kwargs.items()} if ins.kwargs else {}
+        jets = _jets(args) + _jets(tuple(kwargs.values())) if ins.depends else []
+        if jets:
             ctx.piecewise.clear()
-            ctx.donated = frozenset(id(env[slot]) for slot in step.donated)
+            ctx.donated = (
+                frozenset(id(env[slot]) for slot in step.donated) if step.donated else none
+            )
             ctx.first = step.first
             out = lookup(ins.name)(ctx, ins.fn, args, kwargs)
-            jets = _jets(args) + _jets(tuple(kwargs.values()))
-            tags = frozenset(ctx.piecewise.union(*(j.through for j in jets)))
+            tags = frozenset(ctx.piecewise.union(*(j.through for j in jets if j.through)))
             affine = keeps_affine(ins.name, args, jets)
             env[ins.slot] = _retag(out, tags, affine) if tags or affine else out
         else:

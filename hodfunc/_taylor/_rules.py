@@ -274,6 +274,14 @@ def _affine(a: Jet, const: object) -> Jet:
     return Jet(torch.cat([head.unsqueeze(0), tail]))
 
 
+def _fits(shape: Sequence[int], into: Sequence[int]) -> bool:
+    """Whether ``shape`` broadcasts to ``into`` without growing it (``torch.broadcast_shapes``
+    is pure Python and slow for a test on every linear layer)."""
+    return len(shape) <= len(into) and all(
+        s in (1, t) for s, t in zip(reversed(shape), reversed(into), strict=False)
+    )
+
+
 def _affine_fresh(a: Jet, const: Tensor) -> Jet:
     """``_affine`` for a ``Jet`` this rule just computed: add in place to coefficient 0.
 
@@ -283,8 +291,7 @@ def _affine_fresh(a: Jet, const: Tensor) -> Jet:
     """
     if a.split is not None:
         return _affine(a, const)
-    shape = torch.broadcast_shapes(a.c.shape[1:], const.shape)  # type: ignore[no-untyped-call]
-    if tracing() or tuple(shape) != tuple(a.c.shape[1:]):
+    if tracing() or not _fits(const.shape, a.c.shape[1:]):
         return _affine(a, const)
     try:
         a.c.select(0, 0).add_(const)
