@@ -86,6 +86,25 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def jet_mlp(
+    jet: Callable[..., Callable[..., tuple[Tensor, ...]]],
+    order: int,
+    xs: Tensor,
+    width: int,
+) -> Callable[[], Tensor]:
+    """jet-for-pytorch's derivatives ``0..order`` of the scalar MLP at the points ``xs``, as a
+    call returning ``(points, order + 1)``."""
+    w1, b1, w2, b2, w3 = mlp_weights(width, xs.dtype)
+
+    def f(x: Tensor) -> Tensor:  # batched over x; no aten.mv (jet-for-pytorch has no rule for it)
+        h = torch.tanh(torch.tanh(x.unsqueeze(-1) @ w1.T + b1) @ w2.T + b2)
+        return (h @ w3.reshape(-1, 1)).squeeze(-1)
+
+    jet_f = jet(f, (torch.zeros_like(xs),))
+    coefficients = (xs, torch.ones_like(xs), *[torch.zeros_like(xs) for _ in range(order - 1)])
+    return lambda: torch.stack(list(jet_f(coefficients))).T
+
+
 def _mlp_task(
     jet: Callable[..., Callable[..., tuple[Tensor, ...]]], task: dict[str, object]
 ) -> dict[str, object]:
@@ -95,24 +114,17 @@ def _mlp_task(
         int(str(task["repeats"])),
     )
     dtype = getattr(torch, str(task["dtype"]))
-    w1, b1, w2, b2, w3 = mlp_weights(int(str(task["width"])), dtype)
-
-    def f(x: Tensor) -> Tensor:  # batched over x; no aten.mv (jet-for-pytorch has no rule for it)
-        h = torch.tanh(torch.tanh(x.unsqueeze(-1) @ w1.T + b1) @ w2.T + b2)
-        return (h @ w3.reshape(-1, 1)).squeeze(-1)
-
     if "x" in task:
         xs = torch.tensor([float(str(task["x"]))], dtype=dtype)
     else:
         xs = torch.linspace(-1.5, 1.5, points, dtype=dtype)
-    jet_f = jet(f, (torch.zeros(points, dtype=dtype),))
-    coefficients = (xs, torch.ones_like(xs), *[torch.zeros_like(xs) for _ in range(order - 1)])
     try:
-        values = jet_f(coefficients)
-        seconds = median_seconds(lambda: jet_f(coefficients), repeats)
+        run = jet_mlp(jet, order, xs, int(str(task["width"])))
+        values = run()
+        seconds = median_seconds(run, repeats)
     except Exception as error:  # report, do not crash the whole benchmark
         return {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"}
-    return {"seconds": seconds, "values": torch.stack(list(values)).double().T.tolist()}
+    return {"seconds": seconds, "values": values.double().tolist()}
 
 
 def _laplacian_task(

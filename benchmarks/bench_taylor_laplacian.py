@@ -10,7 +10,7 @@ The timings are interleaved (each round runs every method once) so that the mach
 lands in every figure alike. jet-for-pytorch joins the rounds when it imports in this interpreter;
 otherwise it runs under ``$JET_PYTHON`` in a process of its own, timed apart (noisier).
 
-    python benchmarks/bench_taylor_laplacian.py [--quick] [--threads N]
+    python benchmarks/bench_taylor_laplacian.py [--quick] [--threads N] [--tuned-allocator]
 """
 
 from __future__ import annotations
@@ -35,8 +35,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--tuned-allocator",
+        action="store_true",
+        help="call hodfunc.tune_cpu_allocator() first (for every method alike: one process)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.tuned_allocator:
+        print(f"allocator: {hodfunc.tune_cpu_allocator()}")
     repeats = 5 if args.quick else 15
 
     layers = laplacian_weights(DIMS, torch.float32)
@@ -77,6 +84,7 @@ def main() -> None:
         "taylor_vs_hessian_float32": err32,
         "points": POINTS,
         "dims": DIMS,
+        "allocator": "tuned" if args.tuned_allocator else "default",
     }
     jet_values: Tensor | None = None
     if importlib.util.find_spec("jet") is not None:

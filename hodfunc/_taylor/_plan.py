@@ -5,7 +5,9 @@
   nothing can see them any more: the argument is read for the last time, it and every view of it
   are dead, and it was computed by a rule known to return new coefficients (``FRESH_RESULTS``), so
   it shares memory with nothing else. Views are followed through ATen's alias annotations; any op
-  whose aliasing is unknown makes everything it read ineligible. Nothing is overwritten when
+  whose aliasing is unknown makes everything it read ineligible. Adding a constant
+  (``ADDS_IN_PLACE``) returns new memory only when its argument was given to it (then it adds in
+  place, or returns the argument itself for ``x + 0``). Nothing is overwritten when
   autograd records the run, since a backward formula may have saved the argument.
 - **First orders nobody reads** (``Step.first``). In collapsed mode a caller that wants only the
   Laplacian reads the output's value and summed second order. Walking back from the output, row-wise
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils import _pytree as pytree
 
-from ._rules import FRESH_RESULTS, ROW_WISE, UNARY_OPS
+from ._rules import ADDS_IN_PLACE, FRESH_RESULTS, ROW_WISE, UNARY_OPS
 from ._trace import Program, Ref
 
 __all__ = ["Step", "plan"]
@@ -74,6 +76,7 @@ def _slots(value: object) -> list[int]:
 
 def _donations(program: Program, reads: list[list[int]]) -> list[frozenset[int]]:
     end = len(program.instructions)
+    jets = {program.x_slot} | {ins.slot for ins in program.instructions if ins.depends}
     last: dict[int, int] = {}
     for index, (ins, slots) in enumerate(zip(program.instructions, reads, strict=True)):
         last[ins.slot] = index
@@ -82,9 +85,14 @@ def _donations(program: Program, reads: list[list[int]]) -> list[frozenset[int]]
     # storage: every slot's root is the slot whose fresh allocation it may share
     root: dict[int, int] = {}
     shared: set[int] = set(range(program.n_inputs)) | set(program.constants)
-    for ins, slots in zip(program.instructions, reads, strict=True):
+    conditional: dict[int, int] = {}  # an add's result: new memory iff its jet argument is given
+    for index, (ins, slots) in enumerate(zip(program.instructions, reads, strict=True)):
+        carried = [slot for slot in slots if slot in jets]
         if ins.depends and ins.name in FRESH_RESULTS:
             root[ins.slot] = ins.slot
+        elif ins.depends and ins.name in ADDS_IN_PLACE and len(carried) == 1:
+            root[ins.slot] = ins.slot
+            conditional[index] = carried[0]
         elif ins.depends and slots and _is_view(ins.fn):
             root[ins.slot] = root.get(slots[0], slots[0])
         else:  # unknown aliasing: neither it nor anything it read may be overwritten
@@ -94,16 +102,20 @@ def _donations(program: Program, reads: list[list[int]]) -> list[frozenset[int]]
     alive_until: dict[int, int] = {}
     for slot, base in root.items():
         alive_until[base] = max(alive_until.get(base, -1), last.get(slot, -1))
-    return [
-        frozenset(
+    plan = []
+    for index, (ins, slots) in enumerate(zip(program.instructions, reads, strict=True)):
+        given = frozenset(
             slot
             for slot in slots
             if slots.count(slot) == 1
             and root.get(slot, slot) not in shared
             and alive_until.get(root.get(slot, slot), end) == index
         )
-        for index, slots in enumerate(reads)
-    ]
+        if index in conditional and conditional[index] not in given:
+            # the result may be the argument itself (x + 0), which lives on: neither is free
+            shared.update((ins.slot, root.get(conditional[index], conditional[index])))
+        plan.append(given)
+    return plan
 
 
 def _is_view(fn: object) -> bool:

@@ -33,6 +33,7 @@ from ._algebra import Algebra, UnaryRule
 from ._trace import tracing
 
 __all__ = [
+    "ADDS_IN_PLACE",
     "FRESH_RESULTS",
     "ROW_WISE",
     "RULES",
@@ -282,7 +283,7 @@ def _fits(shape: Sequence[int], into: Sequence[int]) -> bool:
     )
 
 
-def _affine_fresh(a: Jet, const: Tensor) -> Jet:
+def _affine_fresh(a: Jet, const: object) -> Jet:
     """``_affine`` for a ``Jet`` this rule just computed: add in place to coefficient 0.
 
     Saves a full copy of the coefficients (a bias after every linear layer). In place is safe: the
@@ -291,7 +292,8 @@ def _affine_fresh(a: Jet, const: Tensor) -> Jet:
     """
     if a.split is not None:
         return _affine(a, const)
-    if tracing() or not _fits(const.shape, a.c.shape[1:]):
+    shape = const.shape if isinstance(const, Tensor) else ()
+    if tracing() or not isinstance(const, (Tensor, int, float)) or not _fits(shape, a.c.shape[1:]):
         return _affine(a, const)
     try:
         a.c.select(0, 0).add_(const)
@@ -576,10 +578,12 @@ def _add(
         bc = _lift(b.c, rank)
         return Jet(_lift(a.c, rank) + (bc if scale == 1 else bc * scale))
     if isinstance(a, Jet):
-        return _affine(a, b if scale == 1 else b * scale)  # type: ignore[operator]
+        const = b if scale == 1 else b * scale  # type: ignore[operator]
+        return _affine_fresh(a, const) if id(a) in ctx.donated else _affine(a, const)
     assert isinstance(b, Jet)
-    neg_b = b if scale == 1 else Jet(b.c * scale)
-    return _affine(neg_b, a)
+    if scale == 1:
+        return _affine_fresh(b, a) if id(b) in ctx.donated else _affine(b, a)
+    return _affine_fresh(Jet(b.c * scale), a)  # a new tensor: add in place
 
 
 @_rule("where")
@@ -793,6 +797,8 @@ ROW_WISE = frozenset(
 )
 """Ops whose rules, when only one argument carries coefficients, map each coefficient row on its
 own and accept any number of rows (a jet whose first orders were left out passes through)."""
+ADDS_IN_PLACE = frozenset({"add", "sub"})
+"""Ops whose rules add a constant to an argument given to them in place (``_add``)."""
 FRESH_RESULTS = frozenset(
     {"mm", "bmm", "mv", "dot", "addmm", "addmv", "baddbmm", "convolution", "mul", "div", *_UNARY}
 )

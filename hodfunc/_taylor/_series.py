@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._trace import physical_numel
+from ._trace import physical_numel, physically_contiguous
 
 __all__ = [
     "asinh",
@@ -67,12 +67,17 @@ def _large(t: Tensor) -> bool:
     return physical_numel(t) >= _LARGE
 
 
+def _times(a: Tensor, b: Tensor, scale: float) -> Tensor:
+    """``scale * a * b`` in one pass (``addcmul`` onto a zero scalar)."""
+    if scale == 1.0:
+        return a * b
+    return torch.addcmul(a.new_zeros(()), a, b, value=scale)
+
+
 def _dot(w: Tensor, ys: list[Tensor], scale: float = 1.0) -> Tensor:
     """``scale * sum_i w[i] * ys[i]`` for ``i < len(ys)``."""
     if _large(ys[0]):  # one fused pass per term, the scale folded in
-        acc = torch.mul(w[0], ys[0])
-        if scale != 1.0:
-            acc.mul_(scale)  # in place on a new tensor that nothing saved
+        acc = _times(w[0], ys[0], scale)
         for i in range(1, len(ys)):
             acc = torch.addcmul(acc, w[i], ys[i], value=scale)
         return acc
@@ -85,7 +90,7 @@ def _square(ys: list[Tensor], m: int, scale: float = 1.0) -> Tensor:
     if m == 0:
         return ys[0] * ys[0] * scale if scale != 1.0 else ys[0] * ys[0]
     if _large(ys[0]):  # half the products, by symmetry; one fused pass per term
-        acc = torch.mul(ys[0], ys[m]).mul_(2 * scale)
+        acc = _times(ys[0], ys[m], 2 * scale)
         for i in range(1, (m + 1) // 2):
             acc = torch.addcmul(acc, ys[i], ys[m - i], value=2 * scale)
         if m % 2 == 0:
@@ -93,6 +98,16 @@ def _square(ys: list[Tensor], m: int, scale: float = 1.0) -> Tensor:
         return acc
     out = (torch.stack(ys[: m + 1]) * torch.stack(ys[m::-1])).sum(0)
     return out * scale if scale != 1.0 else out
+
+
+def _rows(a: Series, upto: int) -> list[Tensor]:
+    """The coefficients of ``a``, rows ``1..upto`` each in one dense block: under ``vmap`` a
+    coefficient of a batched series is strided, and the recurrences read each one many times (a
+    third slower than dense reads)."""
+    rows = list(a.unbind(0))
+    if len(rows) > 2 and not physically_contiguous(rows[1]):
+        rows[1 : upto + 1] = [row.clone() for row in rows[1 : upto + 1]]
+    return rows
 
 
 def _ode(
@@ -106,10 +121,20 @@ def _ode(
     K = a.shape[0] - 1
     ys = [y0]
     us: list[Tensor] = []
+    large = _large(a[0])
+    rows = _rows(a, 1 if affine else K) if large else list(a.unbind(0))
     if affine:
         for k in range(1, K + 1):
             us.append(u_of(ys, k - 1))
-            ys.append(a[1] * us[k - 1] * (1.0 / k))
+            ys.append(_times(rows[1], us[k - 1], 1.0 / k))
+        return torch.stack(ys)
+    if large:  # y_k = sum_j (j / k) a_j u_{k-j}: the weights ride in addcmul's scale
+        for k in range(1, K + 1):
+            us.append(u_of(ys, k - 1))
+            acc = _times(rows[1], us[k - 1], 1.0 / k)
+            for j in range(2, k + 1):
+                acc = torch.addcmul(acc, rows[j], us[k - j], value=j / k)
+            ys.append(acc)
         return torch.stack(ys)
     ja = a[1:] * _k_weights(a, 1, K + 1)
     for k in range(1, K + 1):
@@ -206,23 +231,31 @@ def tanh(a: Series, *, affine: bool = False) -> Series:
     """``tanh``: ``y' = (1 - y^2) a'``."""
 
     def u(ys: list[Tensor], m: int) -> Tensor:
-        minus_sq = _square(ys, m, -1.0)
-        return minus_sq.add(1.0) if m == 0 else minus_sq
+        if m == 0:  # 1 - y_0^2 in one pass
+            return torch.addcmul(ys[0].new_ones(()), ys[0], ys[0], value=-1.0)
+        return _square(ys, m, -1.0)
 
     return _ode(a, torch.tanh(a[0]), u, affine)
 
 
 def sigmoid(a: Series, *, affine: bool = False) -> Series:
     """``sigmoid``: ``y' = (y - y^2) a'``."""
-    return _ode(a, torch.sigmoid(a[0]), lambda ys, m: ys[m] - _square(ys, m), affine)
+
+    def u(ys: list[Tensor], m: int) -> Tensor:
+        if m == 0:  # y_0 - y_0^2 in one pass
+            return torch.addcmul(ys[0], ys[0], ys[0], value=-1.0)
+        return ys[m] - _square(ys, m)
+
+    return _ode(a, torch.sigmoid(a[0]), u, affine)
 
 
 def tan(a: Series, *, affine: bool = False) -> Series:
     """``tan``: ``y' = (1 + y^2) a'``."""
 
     def u(ys: list[Tensor], m: int) -> Tensor:
-        sq = _square(ys, m)
-        return sq.add(1.0) if m == 0 else sq
+        if m == 0:  # 1 + y_0^2 in one pass
+            return torch.addcmul(ys[0].new_ones(()), ys[0], ys[0])
+        return _square(ys, m)
 
     return _ode(a, torch.tan(a[0]), u, affine)
 

@@ -252,6 +252,15 @@ def physical_numel(t: Tensor) -> int:
     return t.numel()
 
 
+def physically_contiguous(t: Tensor) -> bool:
+    """Whether ``t``'s memory is one dense block: under ``vmap`` a row of a batched stack is not,
+    although it looks contiguous from inside."""
+    functorch = torch._C._functorch
+    while functorch.is_batchedtensor(t):
+        t = functorch.get_unwrapped(t)
+    return t.is_contiguous()
+
+
 def _signature(t: Tensor) -> tuple[object, ...]:
     return (tuple(t.shape), t.dtype, t.device)
 
