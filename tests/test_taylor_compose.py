@@ -101,14 +101,19 @@ def test_autograd_training_step_through_a_closed_over_module() -> None:
 
 
 def test_a_transform_traces_once_per_signature_and_never_per_call() -> None:
+    """Once per point shape; under ``vmap`` over points also once per batch size (the whole
+    batch runs as one program)."""
     p = _params()
     d = hodfunc.derivatives(lambda x: _net(p, x), 3, method="taylor")
     before = _trace.TRACES[0]
     for x in torch.linspace(0, 1, 4, dtype=F64):
         d(x)
+    assert _trace.TRACES[0] - before == 1
+    torch.func.vmap(d)(torch.zeros(6, dtype=F64))  # the whole batch: one more per batch size
     torch.func.vmap(d)(torch.zeros(6, dtype=F64))
     torch.func.vmap(d)(torch.zeros(9, dtype=F64))
-    assert _trace.TRACES[0] - before == 1
+    torch.func.vmap(d)(torch.zeros(9, dtype=F64))
+    assert _trace.TRACES[0] - before == 3
 
     g = hodfunc.directional_derivative(lambda x: torch.sin(x).sum(), 2, method="taylor")
     before = _trace.TRACES[0]
@@ -213,3 +218,51 @@ def test_assert_equivalent_includes_taylor() -> None:
         order=3,
     )
     assert "taylor" in results
+
+
+def _whole_batch_runs(d: Callable[[Tensor], Tensor], xs: Tensor) -> bool:
+    """Whether ``vmap(d)(xs)`` traced a program for the whole batch (a new batch size)."""
+    before = _trace.TRACES[0]
+    torch.func.vmap(d)(xs)
+    return _trace.TRACES[0] - before >= 1
+
+
+@pytest.mark.parametrize("batch", [1, 5, 33])
+def test_the_whole_batch_path_equals_the_per_point_path(batch: int) -> None:
+    p = _params()
+    xs = torch.linspace(-1, 1, batch, dtype=F64)
+    d = hodfunc.derivatives(lambda x: _net(p, x), 5, method="taylor")
+    got = torch.func.vmap(d)(xs)
+    assert_close(got, torch.stack([d(x) for x in xs]))
+    v = torch.randn(batch, 3, dtype=F64, generator=torch.Generator().manual_seed(2))
+    g = hodfunc.directional_derivative(lambda y, s: (torch.sin(y) * s).sum(), 3, method="taylor")
+    points = torch.randn(batch, 3, dtype=F64, generator=torch.Generator().manual_seed(3))
+    scale = torch.tensor([1.0, -2.0, 0.5], dtype=F64)
+    want = torch.stack([g(y, scale, w) for y, w in zip(points, v, strict=True)])
+    assert_close(torch.func.vmap(g, in_dims=(0, None, 0))(points, scale, v), want)
+
+
+def test_the_whole_batch_path_steps_aside_for_batched_weights_and_gradients() -> None:
+    p = _params()
+    d = hodfunc.derivatives(lambda x: _net(p, x), 3, method="taylor")
+    assert _whole_batch_runs(d, torch.zeros(11, dtype=F64))
+    # a weight batched alongside the points: per point
+    w3 = torch.randn(12, 8, dtype=F64)
+
+    def with_weight(x: Tensor, w: Tensor) -> Tensor:
+        return hodfunc.derivatives(lambda y: _net({**p, "w3": w}, y), 3, method="taylor")(x)
+
+    xs = torch.linspace(0, 1, 12, dtype=F64)
+    got = torch.func.vmap(with_weight)(xs, w3)
+    assert_close(got, torch.stack([with_weight(x, w) for x, w in zip(xs, w3, strict=True)]))
+    # gradients with respect to the weights: per point, and exact
+    w = p["w2"].clone().requires_grad_()
+    loss = torch.func.vmap(
+        hodfunc.derivatives(lambda y: _net({**p, "w2": w}, y), 3, method="taylor")
+    )(xs)[:, 3].sum()
+    (grad,) = torch.autograd.grad(loss, w)
+    nested = torch.func.vmap(
+        hodfunc.derivatives(lambda y: _net({**p, "w2": w}, y), 3, method="nested")
+    )(xs)[:, 3].sum()
+    (want,) = torch.autograd.grad(nested, w)
+    assert_close(grad, want)

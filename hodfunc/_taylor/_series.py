@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._trace import physical_numel, physically_contiguous
+from ._trace import physical_numel, physically_dense, stack_dense
 
 __all__ = [
     "asinh",
@@ -105,7 +105,7 @@ def _rows(a: Series, upto: int) -> list[Tensor]:
     coefficient of a batched series is strided, and the recurrences read each one many times (a
     third slower than dense reads)."""
     rows = list(a.unbind(0))
-    if len(rows) > 2 and not physically_contiguous(rows[1]):
+    if len(rows) > 2 and not physically_dense(rows[1]):
         rows[1 : upto + 1] = [row.clone() for row in rows[1 : upto + 1]]
     return rows
 
@@ -127,7 +127,7 @@ def _ode(
         for k in range(1, K + 1):
             us.append(u_of(ys, k - 1))
             ys.append(_times(rows[1], us[k - 1], 1.0 / k))
-        return torch.stack(ys)
+        return stack_dense(ys)
     if large:  # y_k = sum_j (j / k) a_j u_{k-j}: the weights ride in addcmul's scale
         for k in range(1, K + 1):
             us.append(u_of(ys, k - 1))
@@ -135,12 +135,12 @@ def _ode(
             for j in range(2, k + 1):
                 acc = torch.addcmul(acc, rows[j], us[k - j], value=j / k)
             ys.append(acc)
-        return torch.stack(ys)
+        return stack_dense(ys)
     ja = a[1:] * _k_weights(a, 1, K + 1)
     for k in range(1, K + 1):
         us.append(u_of(ys, k - 1))
         ys.append(_dot(ja, us[::-1], 1.0 / k))
-    return torch.stack(ys)
+    return stack_dense(ys)
 
 
 def _pair(
@@ -154,14 +154,14 @@ def _pair(
             step = a[1] * (1.0 / k)
             s.append(step * c[k - 1])
             c.append(step * s[k - 1] * sign)
-        return torch.stack(s), torch.stack(c)
+        return stack_dense(s), stack_dense(c)
     ja = a[1:] * _k_weights(a, 1, K + 1)
     for k in range(1, K + 1):
         s_k = _dot(ja, c[::-1], 1.0 / k)
         c_k = _dot(ja, s[::-1], sign / k)
         s.append(s_k)
         c.append(c_k)
-    return torch.stack(s), torch.stack(c)
+    return stack_dense(s), stack_dense(c)
 
 
 Pairs = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]

@@ -189,16 +189,21 @@ def captured_tensors(fn: object) -> tuple[Tensor, ...]:
 class _Lift(TorchFunctionMode):
     """During tracing: swap captured tensors for placeholders; refuse unseen functorch tensors."""
 
-    def __init__(self, swap: dict[int, Tensor], api: str) -> None:
+    def __init__(self, swap: dict[int, Tensor], api: str, *, own_vmap: bool = False) -> None:
         super().__init__()
         self.swap = swap
         self.api = api
+        self.own_vmap = own_vmap
+        """Tensors batched at the current level are the trace's own (``vmap`` over points)."""
 
     def _map(self, t: Tensor) -> Tensor:
         new = self.swap.get(id(t))
         if new is not None:
             return new
-        if torch._C._functorch.is_functorch_wrapped_tensor(t):
+        functorch = torch._C._functorch
+        if self.own_vmap and _traced_point(t):
+            return t
+        if functorch.is_functorch_wrapped_tensor(t):
             raise UnsupportedOperationError(
                 message(
                     self.api,
@@ -219,6 +224,23 @@ class _Lift(TorchFunctionMode):
     ) -> object:
         args, kw = pytree.tree_map_only(Tensor, self._map, (args, kwargs or {}))
         return func(*args, **kw)
+
+
+def _traced_point(t: Tensor) -> bool:
+    """Whether ``t`` is batched by the trace's own ``vmap`` over points: at the current level,
+    around a fake tensor of the trace (a user's batched tensor wraps a real one)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    functorch = torch._C._functorch
+    if (
+        not functorch.is_batchedtensor(t)
+        or functorch.maybe_get_level(t) != functorch.current_level()
+    ):
+        return False
+    inner = functorch.get_unwrapped(t)
+    while functorch.is_functorch_wrapped_tensor(inner):
+        inner = functorch.get_unwrapped(inner)
+    return isinstance(inner, FakeTensor)
 
 
 @contextlib.contextmanager
@@ -252,13 +274,44 @@ def physical_numel(t: Tensor) -> int:
     return t.numel()
 
 
-def physically_contiguous(t: Tensor) -> bool:
-    """Whether ``t``'s memory is one dense block: under ``vmap`` a row of a batched stack is not,
-    although it looks contiguous from inside."""
+def physically_dense(t: Tensor) -> bool:
+    """Whether ``t``'s memory is one dense block, in any dim order: under ``vmap`` a row of a
+    batched stack is not, although it looks contiguous from inside."""
     functorch = torch._C._functorch
     while functorch.is_batchedtensor(t):
         t = functorch.get_unwrapped(t)
-    return t.is_contiguous()
+    return _dense_order(t) is not None
+
+
+def _dense_order(t: Tensor) -> list[int] | None:
+    """The dims of ``t`` from outermost to innermost in memory if they tile it densely."""
+    order = sorted(range(t.dim()), key=lambda d: (t.stride(d), t.shape[d]), reverse=True)
+    expected = 1
+    for d in reversed(order):
+        if t.shape[d] != 1 and t.stride(d) != expected:
+            return None
+        expected *= t.shape[d]
+    return order
+
+
+def stack_dense(ts: list[Tensor]) -> Tensor:
+    """``torch.stack(ts)`` that keeps the memory order the (plain, alike) tensors share.
+
+    A linear layer of a batch of points, as ``vmap``'s trace writes it, leaves permuted results;
+    stacking those into a contiguous tensor is a transposing copy (slow), stacking them in their
+    own order is a plain one, and the result is a permuted view.
+    """
+    first = ts[0]
+    if torch._C._functorch.is_functorch_wrapped_tensor(first) or first.is_contiguous():
+        return torch.stack(ts)
+    order = _dense_order(first)
+    if order is None or any(t.stride() != first.stride() for t in ts):
+        return torch.stack(ts)
+    stacked = torch.stack([t.permute(order) for t in ts])
+    back = [0] * first.dim()
+    for position, d in enumerate(order):
+        back[d] = position + 1
+    return stacked.permute(0, *back)
 
 
 def _signature(t: Tensor) -> tuple[object, ...]:
@@ -415,8 +468,14 @@ class TraceCache:
         args: tuple[object, ...],
         kwargs: Mapping[str, object],
         argnum: int,
+        *,
+        batched: bool = False,
     ) -> Bound:
-        """The program for this call (traced on first use) and the tensors to feed it."""
+        """The program for this call (traced on first use) and the tensors to feed it.
+
+        ``batched``: ``args[argnum]`` holds a batch of points along dim 0, and the program is
+        ``vmap`` of ``fn`` over them (the other arguments shared).
+        """
         leaves, spec = pytree.tree_flatten((args, dict(kwargs)))
         before = len(pytree.tree_leaves(args[:argnum]))
         tensor_pos = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
@@ -425,6 +484,7 @@ class TraceCache:
         argument_ids = {id(t) for t in tensors}
         captured = tuple(t for t in captured_tensors(fn) if id(t) not in argument_ids)
         key = (
+            batched,
             spec,
             x_slot,
             tuple(_signature(t) for t in tensors),
@@ -433,7 +493,9 @@ class TraceCache:
         )
         program = self._programs.get(key)
         if program is None:
-            program = self._trace(api, fn, leaves, spec, tensor_pos, captured, x_slot)
+            program = self._trace(
+                api, fn, leaves, spec, tensor_pos, captured, x_slot, argnum if batched else None
+            )
             self._programs[key] = program
         return Bound(program, tensors + captured)
 
@@ -446,6 +508,7 @@ class TraceCache:
         tensor_pos: list[int],
         captured: tuple[Tensor, ...],
         x_slot: int,
+        batch_argnum: int | None = None,
     ) -> Program:
         from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -457,8 +520,17 @@ class TraceCache:
                 filled[pos] = t
             call_args, call_kwargs = pytree.tree_unflatten(filled, spec)
             swap = {id(c): p for c, p in zip(captured, flat[n_args:], strict=True)}
-            with _Lift(swap, api):
-                return fn(*call_args, **call_kwargs)
+            if batch_argnum is None:
+                with _Lift(swap, api):
+                    return fn(*call_args, **call_kwargs)
+
+            def point(x: Tensor) -> object:
+                point_args = list(call_args)
+                point_args[batch_argnum] = x
+                with _Lift(swap, api, own_vmap=True):
+                    return fn(*point_args, **call_kwargs)
+
+            return torch.func.vmap(point)(call_args[batch_argnum])
 
         TRACES[0] += 1
         with _outside_functorch():
