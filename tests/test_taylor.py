@@ -208,6 +208,11 @@ _CASES: dict[str, Callable[[Tensor], Tensor]] = {
         x[1:] * x[:2] + x[torch.tensor([2, 0])] ** 2 + x[None, :, None][0, ::2, 0]
     ).sum(),
     "product_of_two_jets_in_mm": lambda x: (x.reshape(1, 3) @ torch.outer(x, x) @ x).sum(),
+    "squeeze_all_one_and_several_dims": lambda x: (
+        x.sin().reshape(1, 3, 1).squeeze().sum()
+        + x.cos().reshape(3, 1).squeeze(-1)[0]
+        + torch.squeeze(x.exp().reshape(1, 1, 3, 1), (0, 3)).sum()
+    ),
 }
 
 

@@ -373,7 +373,6 @@ def _vmapped(
     "triu",
     "trace",
     "diag_embed",
-    "squeeze",
     "_to_copy",
     "to",
     "constant_pad_nd",
@@ -484,6 +483,20 @@ def _transpose(
     assert isinstance(d0, int)
     assert isinstance(d1, int)
     return Jet(a.c.transpose(_dim(d0, a.rank), _dim(d1, a.rank)))
+
+
+@_rule("squeeze")
+def _squeeze(
+    ctx: Context, op: Callable[..., object], args: tuple[object, ...], kwargs: Mapping[str, object]
+) -> object:
+    a = args[0]
+    assert isinstance(a, Jet)
+    shape = a.split[0].shape if a.split is not None else a.c.shape[1:]
+    given = args[1] if len(args) > 1 else range(a.rank)
+    listed = given if isinstance(given, (list, tuple, range)) else [given]
+    dims = [d for d in listed if isinstance(d, int)]
+    shifted = tuple(_dim(d, a.rank) for d in dims if shape[d] == 1)
+    return _coefficientwise(a, lambda c: c.squeeze(shifted) if shifted else c)
 
 
 @_rule("unsqueeze")
