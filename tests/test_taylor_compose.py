@@ -228,14 +228,12 @@ def _whole_batch_runs(d: Callable[[Tensor], Tensor], xs: Tensor) -> bool:
 
 
 @pytest.mark.parametrize("batch", [1, 5, 33])
-def test_the_whole_batch_path_equals_the_per_point_path(batch: int) -> None:
-    p = _params()
-    xs = torch.linspace(-1, 1, batch, dtype=F64)
-    d = hodfunc.derivatives(lambda x: _net(p, x), 5, method="taylor")
-    got = torch.func.vmap(d)(xs)
-    assert_close(got, torch.stack([d(x) for x in xs]))
+def test_the_whole_batch_path_with_batched_directions_and_a_shared_argument(batch: int) -> None:
+    """(``test_vmap_at_any_batch_size_matches_a_loop`` covers the plain whole-batch case.)"""
     v = torch.randn(batch, 3, dtype=F64, generator=torch.Generator().manual_seed(2))
     g = hodfunc.directional_derivative(lambda y, s: (torch.sin(y) * s).sum(), 3, method="taylor")
+    ones = torch.ones(batch, 3, dtype=F64)
+    assert _whole_batch_runs(lambda y: g(y, torch.ones(3, dtype=F64), y), ones)
     points = torch.randn(batch, 3, dtype=F64, generator=torch.Generator().manual_seed(3))
     scale = torch.tensor([1.0, -2.0, 0.5], dtype=F64)
     want = torch.stack([g(y, scale, w) for y, w in zip(points, v, strict=True)])
