@@ -264,3 +264,13 @@ def test_the_whole_batch_path_steps_aside_for_batched_weights_and_gradients() ->
     )(xs)[:, 3].sum()
     (want,) = torch.autograd.grad(nested, w)
     assert_close(grad, want)
+
+
+def test_whole_batch_traces_are_kept_for_the_last_few_batch_sizes_only() -> None:
+    p = _params()
+    cache = _trace.TraceCache()
+    for size in range(1, 12):
+        cache.bind(
+            "test", lambda x: _net(p, x), (torch.zeros(size, dtype=F64),), {}, 0, batched=True
+        )
+    assert len(cache._batched) == _trace.TraceCache.BATCH_SIZES_KEPT

@@ -20,6 +20,7 @@ from torch import Tensor
 import hodfunc
 from hodfunc._taylor._plan import plan
 from hodfunc._taylor._trace import Program, TraceCache
+from hodfunc.imperative import backward
 
 F64 = torch.float64
 _W = torch.randn(4, 6, dtype=F64, generator=torch.Generator().manual_seed(0))
@@ -145,3 +146,77 @@ def test_weight_gradients_of_a_laplacian_are_exact_when_nothing_is_overwritten()
     leaf = w.clone().requires_grad_()
     (grad,) = torch.autograd.grad(loss(leaf, "taylor"), leaf)
     assert_close(grad, got)
+
+
+_W2 = torch.randn(6, 6, dtype=F64, generator=torch.Generator().manual_seed(7)) / 2
+_MODEL = torch.nn.Sequential(
+    torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 6), torch.nn.Tanh()
+).double()
+
+
+def _three_activations(x: Tensor) -> Tensor:
+    return torch.tanh(torch.tanh(torch.tanh(x @ _W) @ _W2) @ _W2).sum()
+
+
+def _through_a_helper(x: Tensor) -> Tensor:
+    """The model is reached only through this module's globals: the trace bakes it in."""
+    return _three_activations(_MODEL(x) @ _W2[:, :4])
+
+
+@pytest.mark.parametrize("method", ["taylor", "nested"])
+def test_autograd_through_vmapped_laplacians_sees_nothing_overwritten(
+    method: hodfunc.Method,
+) -> None:
+    xs = torch.randn(4, 4, dtype=F64, generator=torch.Generator().manual_seed(8))
+
+    def first(m: hodfunc.Method) -> tuple[Tensor, Tensor]:
+        leaf = xs.clone().requires_grad_()
+        out = torch.func.vmap(hodfunc.laplacian(_three_activations, method=m))(leaf)
+        (grad,) = torch.autograd.grad(out.sum(), leaf)
+        return out.detach(), grad
+
+    def second(m: hodfunc.Method) -> Tensor:
+        lap = hodfunc.laplacian(_three_activations, method=m)
+        jacobian: Tensor = torch.func.jacrev(lambda p: torch.func.vmap(lap)(p))(xs)
+        return jacobian
+
+    def third(m: hodfunc.Method) -> list[Tensor]:
+        for p in _MODEL.parameters():
+            p.grad = None
+        out = torch.func.vmap(hodfunc.laplacian(_through_a_helper, method=m))(xs)
+        backward(out.pow(2).sum())
+        return [p.grad.clone() for p in _MODEL.parameters() if p.grad is not None]
+
+    for got, want in zip(first(method), first("nested"), strict=True):
+        assert_close(got, want)
+    assert_close(second(method), second("nested"))
+    grads, want_grads = third(method), third("nested")
+    assert len(grads) == 4
+    for got, want in zip(grads, want_grads, strict=True):
+        assert_close(got, want)
+
+
+def test_a_point_passed_twice_under_vmap() -> None:
+    def g(y: Tensor, z: Tensor) -> Tensor:
+        return torch.tanh(y @ _W).sum() * torch.sin(z).sum()
+
+    xs = torch.randn(5, 4, dtype=F64, generator=torch.Generator().manual_seed(9))
+    v = torch.ones(4, dtype=F64)
+    d = hodfunc.directional_derivative(g, 3, method="taylor")
+    got = torch.func.vmap(lambda x: d(x, x, v))(xs)
+    assert_close(got, torch.stack([d(x, x, v) for x in xs]))
+
+
+def test_adding_a_wider_constant_in_place_keeps_the_promoted_dtype() -> None:
+    b64 = torch.randn(6, dtype=F64)
+    w32 = _W.float()
+
+    def f(y: Tensor) -> Tensor:
+        return (torch.tanh(torch.tanh(y @ w32) + b64) * 1.5).sum()
+
+    xs = torch.randn(3, 4, generator=torch.Generator().manual_seed(10))
+    v = torch.ones(4)
+    for method in ("taylor", "nested"):
+        d = hodfunc.directional_derivative(f, 3, method=method)
+        assert torch.func.vmap(d, in_dims=(0, None))(xs, v).dtype == torch.float64
+        assert torch.func.vmap(hodfunc.laplacian(f, method=method))(xs).dtype == torch.float64

@@ -72,8 +72,11 @@ def _whole_batch(call: Call, tail: Tensor) -> tuple[Tensor, Tensor, int] | None:
 
     Inside ``vmap`` every op pays for its batching rule, and a coefficient of a batched jet is a
     strided slice; on the whole batch the coefficients are dense and the ops plain (a third
-    faster at 4096 points). Anything else (a batched weight, a gradient transform, autograd
-    recording, a trace in progress) takes the per-point path, which composes with everything.
+    faster at 4096 points). Anything else (a batched weight, the point passed twice, a gradient
+    transform, a tensor requiring grad, a trace in progress) takes the per-point path, which
+    composes with everything. A tensor the trace bakes in (reached through globals it cannot see)
+    may still require grad: the batched run is plain torch, so autograd records it like any other
+    (the interpreter then overwrites nothing).
     """
     functorch = torch._C._functorch
     x = call.x
@@ -83,14 +86,11 @@ def _whole_batch(call: Call, tail: Tensor) -> tuple[Tensor, Tensor, int] | None:
     points = functorch.get_unwrapped(x)
     if level != functorch.current_level() or functorch.is_functorch_wrapped_tensor(points):
         return None
-    others = [
-        t for t in pytree.tree_leaves((call.args, dict(call.kwargs))) if isinstance(t, Tensor)
-    ]
-    others += list(captured_tensors(call.fn))
-    if any(
-        t is not x and (functorch.is_functorch_wrapped_tensor(t) or t.requires_grad) for t in others
-    ):
-        return None
+    rest = (*call.args[: call.argnum], *call.args[call.argnum + 1 :], dict(call.kwargs))
+    others = [t for t in pytree.tree_leaves(rest) if isinstance(t, Tensor)]
+    others += captured_tensors(call.fn)
+    if any(functorch.is_functorch_wrapped_tensor(t) or t.requires_grad for t in others):
+        return None  # (x itself passed again counts: it is batched)
     points = points.movedim(functorch.maybe_get_bdim(x), 0)
     if functorch.is_batchedtensor(tail) and functorch.maybe_get_level(tail) == level:
         rows = functorch.get_unwrapped(tail)

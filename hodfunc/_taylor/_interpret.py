@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
 from ._plan import plan
@@ -50,8 +51,8 @@ def run(
     for slot, constant in program.constants.items():
         env[slot] = constant
     seeds = (x.split or (x.c,)) if isinstance(x, Jet) else (x,)
-    grads = any(t.requires_grad for t in (*inputs, *seeds))
-    steps = plan(program, first_orders=first_orders, overwrite=not grads)
+    tensors = (*inputs, *seeds, *program.constants.values())
+    steps = plan(program, first_orders=first_orders, overwrite=not any(map(may_record, tensors)))
     none: frozenset[int] = frozenset()
     for ins, releases, step in zip(program.instructions, program.releases, steps, strict=True):
         args = tuple([_resolve(a, env) for a in ins.args])
@@ -75,6 +76,21 @@ def run(
     result = _resolve(program.output, env)
     ctx.reached = result.through if isinstance(result, Jet) else frozenset()
     return result
+
+
+def may_record(t: Tensor) -> bool:
+    """Whether autograd, or a ``torch.func`` differentiation transform, may record ops on ``t``:
+    then a backward formula may save a value, and nothing may be overwritten.
+
+    Looks through ``vmap``'s wrappers (a batched tensor reports ``requires_grad=False`` whatever
+    it wraps); any other functorch wrapper belongs to ``grad``/``jacrev``/``jvp``.
+    """
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(t):
+        if not functorch.is_batchedtensor(t):
+            return True
+        t = functorch.get_unwrapped(t)
+    return t.requires_grad
 
 
 def _jets(values: Sequence[object]) -> list[Jet]:

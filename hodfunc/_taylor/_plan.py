@@ -8,7 +8,9 @@
   whose aliasing is unknown makes everything it read ineligible. Adding a constant
   (``ADDS_IN_PLACE``) returns new memory only when its argument was given to it (then it adds in
   place, or returns the argument itself for ``x + 0``). Nothing is overwritten when
-  autograd records the run, since a backward formula may have saved the argument.
+  autograd or a differentiation transform may record the run (``_interpret.may_record``: it looks
+  through ``vmap``'s wrappers and at the tensors the trace baked in), since a backward formula may
+  have saved the argument.
 - **First orders nobody reads** (``Step.first``). In collapsed mode a caller that wants only the
   Laplacian reads the output's value and summed second order. Walking back from the output, row-wise
   linear ops pass that on to their argument; anything else (an activation, whose second order

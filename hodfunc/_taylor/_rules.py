@@ -292,8 +292,12 @@ def _affine_fresh(a: Jet, const: object) -> Jet:
     """
     if a.split is not None:
         return _affine(a, const)
-    shape = const.shape if isinstance(const, Tensor) else ()
-    if tracing() or not isinstance(const, (Tensor, int, float)) or not _fits(shape, a.c.shape[1:]):
+    if (
+        tracing()
+        or not isinstance(const, (Tensor, int, float))
+        or not _fits(const.shape if isinstance(const, Tensor) else (), a.c.shape[1:])
+        or torch.result_type(a.c, const) != a.c.dtype  # add_ would not promote
+    ):
         return _affine(a, const)
     try:
         a.c.select(0, 0).add_(const)

@@ -456,10 +456,18 @@ class Bound:
 
 
 class TraceCache:
-    """Traces of one transform's function, keyed by everything a trace depends on."""
+    """Traces of one transform's function, keyed by everything a trace depends on.
+
+    Traces of a whole batch (``batched=True``, one per batch size) are kept for the last
+    ``BATCH_SIZES_KEPT`` sizes only: a loop over ever-changing batch sizes must not grow the cache
+    without bound.
+    """
+
+    BATCH_SIZES_KEPT = 8
 
     def __init__(self) -> None:
         self._programs: dict[Hashable, Program] = {}
+        self._batched: dict[Hashable, Program] = {}  # insertion order = age
 
     def bind(
         self,
@@ -491,12 +499,15 @@ class TraceCache:
             tuple(_hashable(leaf) for leaf in leaves if not isinstance(leaf, Tensor)),
             tuple(_signature(t) for t in captured),
         )
-        program = self._programs.get(key)
+        programs = self._batched if batched else self._programs
+        program = programs.get(key)
         if program is None:
             program = self._trace(
                 api, fn, leaves, spec, tensor_pos, captured, x_slot, argnum if batched else None
             )
-            self._programs[key] = program
+            programs[key] = program
+            if batched and len(programs) > self.BATCH_SIZES_KEPT:
+                del programs[next(iter(programs))]
         return Bound(program, tensors + captured)
 
     @staticmethod
