@@ -30,7 +30,16 @@ from ._algebra import Collapsed, Univariate
 from ._interpret import run
 from ._mixed import interpolation
 from ._rules import Context, Jet, has_rule
-from ._trace import Bound, TraceCache, captured_tensors, tracing
+from ._trace import (
+    Bound,
+    TraceCache,
+    batch_at,
+    captured_tensors,
+    innermost_batch,
+    rebatch,
+    tracing,
+    transformed,
+)
 
 __all__ = ["AutoEngine", "TaylorEngine"]
 
@@ -78,27 +87,22 @@ def _whole_batch(call: Call, tail: Tensor) -> tuple[Tensor, Tensor, int] | None:
     may still require grad: the batched run is plain torch, so autograd records it like any other
     (the interpreter then overwrites nothing).
     """
-    functorch = torch._C._functorch
-    x = call.x
-    if tracing() or not functorch.is_batchedtensor(x):
+    if tracing():
         return None
-    level = functorch.maybe_get_level(x)
-    points = functorch.get_unwrapped(x)
-    if level != functorch.current_level() or functorch.is_functorch_wrapped_tensor(points):
+    batch = innermost_batch(call.x)
+    if batch is None:
         return None
+    points, level = batch
     rest = (*call.args[: call.argnum], *call.args[call.argnum + 1 :], dict(call.kwargs))
     others = [t for t in pytree.tree_leaves(rest) if isinstance(t, Tensor)]
     others += captured_tensors(call.fn)
-    if any(functorch.is_functorch_wrapped_tensor(t) or t.requires_grad for t in others):
+    if any(transformed(t) or t.requires_grad for t in others):
         return None  # (x itself passed again counts: it is batched)
-    points = points.movedim(functorch.maybe_get_bdim(x), 0)
-    if functorch.is_batchedtensor(tail) and functorch.maybe_get_level(tail) == level:
-        rows = functorch.get_unwrapped(tail)
-        if functorch.is_functorch_wrapped_tensor(rows):
+    if transformed(tail):
+        rows = batch_at(tail, level, dim=1)
+        if rows is None:
             return None
-        tail = rows.movedim(functorch.maybe_get_bdim(tail), 1)
-    elif functorch.is_functorch_wrapped_tensor(tail):
-        return None
+        tail = rows
     else:
         tail = tail.unsqueeze(1).expand(tail.shape[0], *points.shape)
     if points.requires_grad or tail.requires_grad:
@@ -134,10 +138,17 @@ class TaylorEngine:
         return bound
 
     def _propagate(
-        self, call: Call, bound: Bound, tail: Tensor, ctx: Context, *, first_orders: bool = True
+        self,
+        call: Call,
+        bound: Bound | None,
+        tail: Tensor,
+        ctx: Context,
+        *,
+        first_orders: bool = True,
     ) -> Tensor:
         """Coefficients of the output (zeros beyond the value where it does not depend on x),
-        given the input's coefficients beyond its value, ``tail``.
+        given the input's coefficients beyond its value, ``tail``. ``bound``: the per-point
+        program, or ``None`` to bind it only if the whole-batch path does not apply.
 
         The input's jet is held split (``Jet.split``): under ``vmap`` over points the value is
         batched and ``tail`` usually is not, and neither are its images under the linear layers
@@ -150,6 +161,7 @@ class TaylorEngine:
             whole = self._propagate_whole_batch(call, tail, ctx)
             if whole is not None:
                 return whole
+        bound = self._bind(call) if bound is None else bound
         affine = isinstance(ctx.algebra, Univariate)  # x + t v
         free = Jet(split=(call.x, tail), affine=affine) if ctx.algebra.size > 1 else call.x
         out = run(bound.program, bound.inputs, free, ctx, first_orders=first_orders)
@@ -179,7 +191,7 @@ class TaylorEngine:
         affine = isinstance(ctx.algebra, Univariate)
         out = run(bound.program, bound.inputs, Jet(split=(points, tail), affine=affine), ctx)
         coefficients = _coefficients_of(call, out, ctx)
-        return torch._C._functorch._add_batch_dim(coefficients, 1, level)
+        return rebatch(coefficients, dim=1, level=level)
 
     def _warn(self, api: str, ctx: Context, order: int) -> None:
         if order < 2 or not ctx.reached or self._warned_piecewise:
@@ -200,7 +212,7 @@ class TaylorEngine:
         )
 
     def _coefficients(
-        self, call: Call, bound: Bound, v: Tensor, order: int, ctx: Context
+        self, call: Call, bound: Bound | None, v: Tensor, order: int, ctx: Context
     ) -> Tensor:
         v = v.to(call.x.dtype)
         rest = torch.zeros_like(v).expand(max(order - 1, 0), *v.shape)
@@ -208,9 +220,8 @@ class TaylorEngine:
         return self._propagate(call, bound, tail, ctx)
 
     def jet(self, call: Call, v: Tensor, order: int) -> Tensor:
-        bound = self._bind(call)
         ctx = Context(Univariate(order), call.api)
-        coefficients = self._coefficients(call, bound, v, order, ctx)
+        coefficients = self._coefficients(call, None, v, order, ctx)
         self._warn(call.api, ctx, order)
         return _to_derivatives(coefficients)
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
 from ._plan import plan
 from ._rules import Context, Jet, keeps_affine, lookup
-from ._trace import Program, Ref
+from ._trace import Program, Ref, may_record
 
 __all__ = ["run"]
 
@@ -76,21 +75,6 @@ def run(
     result = _resolve(program.output, env)
     ctx.reached = result.through if isinstance(result, Jet) else frozenset()
     return result
-
-
-def may_record(t: Tensor) -> bool:
-    """Whether autograd, or a ``torch.func`` differentiation transform, may record ops on ``t``:
-    then a backward formula may save a value, and nothing may be overwritten.
-
-    Looks through ``vmap``'s wrappers (a batched tensor reports ``requires_grad=False`` whatever
-    it wraps); any other functorch wrapper belongs to ``grad``/``jacrev``/``jvp``.
-    """
-    functorch = torch._C._functorch
-    while functorch.is_functorch_wrapped_tensor(t):
-        if not functorch.is_batchedtensor(t):
-            return True
-        t = functorch.get_unwrapped(t)
-    return t.requires_grad
 
 
 def _jets(values: Sequence[object]) -> list[Jet]:

@@ -25,15 +25,13 @@ each call of the collapsed Laplacian fault in fresh pages for all of them: a thi
 
 from __future__ import annotations
 
-import operator
 import weakref
 from dataclasses import dataclass
 
-import torch
 from torch.utils import _pytree as pytree
 
 from ._rules import ADDS_IN_PLACE, FRESH_RESULTS, ROW_WISE, UNARY_OPS
-from ._trace import Program, Ref
+from ._trace import Program, Ref, aliases_input
 
 __all__ = ["Step", "plan"]
 
@@ -95,7 +93,7 @@ def _donations(program: Program, reads: list[list[int]]) -> list[frozenset[int]]
         elif ins.depends and ins.name in ADDS_IN_PLACE and len(carried) == 1:
             root[ins.slot] = ins.slot
             conditional[index] = carried[0]
-        elif ins.depends and slots and _is_view(ins.fn):
+        elif ins.depends and slots and aliases_input(ins.fn):
             root[ins.slot] = root.get(slots[0], slots[0])
         else:  # unknown aliasing: neither it nor anything it read may be overwritten
             root[ins.slot] = ins.slot
@@ -118,14 +116,6 @@ def _donations(program: Program, reads: list[list[int]]) -> list[frozenset[int]]
             shared.update((ins.slot, root.get(conditional[index], conditional[index])))
         plan.append(given)
     return plan
-
-
-def _is_view(fn: object) -> bool:
-    if fn is operator.getitem:
-        return True
-    if isinstance(fn, torch._ops.OpOverload):
-        return any(r.alias_info is not None for r in fn._schema.returns)
-    return False
 
 
 def _first_orders_read(program: Program, reads: list[list[int]], at_output: bool) -> list[bool]:

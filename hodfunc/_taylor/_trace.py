@@ -314,6 +314,70 @@ def stack_dense(ts: list[Tensor]) -> Tensor:
     return stacked.permute(0, *back)
 
 
+# ---------------------------------------------------------------- functorch and ATen internals
+# (kept here, in one place: the interpreter and the engines use them through these functions)
+
+
+def transformed(t: Tensor) -> bool:
+    """Whether ``t`` is wrapped by a ``torch.func`` transform (``vmap``, ``grad``, ``jvp``...)."""
+    return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
+
+
+def may_record(t: Tensor) -> bool:
+    """Whether autograd, or a ``torch.func`` differentiation transform, may record ops on ``t``:
+    then a backward formula may save a value, and nothing may be overwritten.
+
+    Looks through ``vmap``'s wrappers (a batched tensor reports ``requires_grad=False`` whatever
+    it wraps); any other functorch wrapper belongs to ``grad``/``jacrev``/``jvp``.
+    """
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(t):
+        if not functorch.is_batchedtensor(t):
+            return True
+        t = functorch.get_unwrapped(t)
+    return t.requires_grad
+
+
+def innermost_batch(x: Tensor) -> tuple[Tensor, int] | None:
+    """``(points, level)`` when ``x`` is batched by the innermost active ``vmap`` around a plain
+    tensor: ``points`` is that tensor with the batch dim first."""
+    functorch = torch._C._functorch
+    if not functorch.is_batchedtensor(x):
+        return None
+    level = functorch.maybe_get_level(x)
+    points = functorch.get_unwrapped(x)
+    if level != functorch.current_level() or functorch.is_functorch_wrapped_tensor(points):
+        return None
+    return points.movedim(functorch.maybe_get_bdim(x), 0), level
+
+
+def batch_at(t: Tensor, level: int, *, dim: int) -> Tensor | None:
+    """The plain tensor behind ``t`` batched at ``level``, its batch dim moved to ``dim``, or
+    ``None`` if ``t`` is wrapped otherwise."""
+    functorch = torch._C._functorch
+    if not functorch.is_batchedtensor(t) or functorch.maybe_get_level(t) != level:
+        return None
+    inner = functorch.get_unwrapped(t)
+    if functorch.is_functorch_wrapped_tensor(inner):
+        return None
+    return inner.movedim(functorch.maybe_get_bdim(t), dim)
+
+
+def rebatch(t: Tensor, *, dim: int, level: int) -> Tensor:
+    """``t`` seen from inside the ``vmap`` at ``level``, batched along ``dim``."""
+    out: Tensor = torch._C._functorch._add_batch_dim(t, dim, level)
+    return out
+
+
+def aliases_input(fn: object) -> bool:
+    """Whether the op ``fn`` returns a view of an argument (ATen's alias annotations)."""
+    if fn is operator.getitem:
+        return True
+    if isinstance(fn, torch._ops.OpOverload):
+        return any(r.alias_info is not None for r in fn._schema.returns)
+    return False
+
+
 def _signature(t: Tensor) -> tuple[object, ...]:
     return (tuple(t.shape), t.dtype, t.device)
 
