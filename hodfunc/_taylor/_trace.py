@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
+from .._allocator import empty_result
 from .._errors import UnsupportedOperationError, message
 
 __all__ = ["TRACES", "Instruction", "Program", "Ref", "TraceCache", "physical_numel", "tracing"]
@@ -295,19 +296,26 @@ def _dense_order(t: Tensor) -> list[int] | None:
 
 
 def stack_dense(ts: list[Tensor]) -> Tensor:
-    """``torch.stack(ts)`` that keeps the memory order the (plain, alike) tensors share.
+    """``torch.stack(ts)`` that keeps the memory order the (plain, alike) tensors share, into
+    memory that faults in cheaply.
 
     A linear layer of a batch of points, as ``vmap``'s trace writes it, leaves permuted results;
     stacking those into a contiguous tensor is a transposing copy (slow), stacking them in their
-    own order is a plain one, and the result is a permuted view.
+    own order is a plain one, and the result is a permuted view. A stack of a whole batch is
+    megabytes of fresh memory per call, faulted in 4 KiB at a time unless it is allowed huge
+    pages (``_allocator.empty_result``, which affects only that tensor's pages).
     """
     first = ts[0]
-    if torch._C._functorch.is_functorch_wrapped_tensor(first) or first.is_contiguous():
+    if torch._C._functorch.is_functorch_wrapped_tensor(first):
         return torch.stack(ts)
-    order = _dense_order(first)
+    order = _dense_order(first) if not first.is_contiguous() else list(range(first.dim()))
     if order is None or any(t.stride() != first.stride() for t in ts):
         return torch.stack(ts)
-    stacked = torch.stack([t.permute(order) for t in ts])
+    views = [t.permute(order) for t in ts]
+    if tracing() or (torch.is_grad_enabled() and any(t.requires_grad for t in ts)):
+        stacked = torch.stack(views)
+    else:
+        stacked = torch.stack(views, out=empty_result((len(ts), *views[0].shape), first))
     back = [0] * first.dim()
     for position, d in enumerate(order):
         back[d] = position + 1
