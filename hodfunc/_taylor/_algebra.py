@@ -30,7 +30,7 @@ from . import _series
 from ._series import Pairs, cauchy_pairs, pair_table
 from ._trace import tracing
 
-__all__ = ["Algebra", "Collapsed", "Univariate"]
+__all__ = ["Algebra", "Collapsed", "Univariate", "join"]
 
 
 class UnaryRule(Protocol):
@@ -89,6 +89,16 @@ class Algebra(Protocol):
     def divide(self, a: Tensor, b: Tensor) -> Tensor:
         """``a / b`` elementwise, both carrying coefficients (same rank)."""
         ...
+
+
+def join(head: Tensor, tail: Tensor, size: int) -> Tensor:
+    """The ``size`` coefficients of the jet whose value is ``head``, whose next coefficients are
+    ``tail`` and whose others are zeros."""
+    parts = [head.unsqueeze(0), tail]
+    missing = size - 1 - tail.shape[0]
+    if missing:
+        parts.append(tail.new_zeros(()).expand(missing, *tail.shape[1:]))
+    return torch.cat(parts)
 
 
 def _pairwise(op: Bilinear, a: Tensor, b: Tensor, batched: bool) -> Tensor:
@@ -154,7 +164,11 @@ class Univariate:
         affine: bool = False,
         first: bool = True,
     ) -> Tensor:
-        return rule(torch.cat([head.unsqueeze(0), tail]), affine=affine)
+        if affine:  # from a_0 and a_1 alone, where the rule can
+            series = _series.affine(rule, head, tail[0], self.order)
+            if series is not None:
+                return series
+        return rule(join(head, tail, self.size), affine=affine)
 
     def product(self, op: Bilinear, a: Tensor, b: Tensor, *, batched: bool) -> Tensor:
         if self.size == 1:
@@ -198,6 +212,8 @@ class Collapsed:
         affine: bool = False,
         first: bool = True,
     ) -> Tensor:
+        tail = join(head, tail, self.size)[1:] if tail.shape[0] < self.size - 1 else tail
+
         def scaled(d1: Tensor) -> Tensor:  # one pass, batched only where ``d1`` is
             return d1 * torch.cat([torch.zeros_like(tail[:1]), tail])
 

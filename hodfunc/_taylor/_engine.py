@@ -147,8 +147,9 @@ class TaylorEngine:
         first_orders: bool = True,
     ) -> Tensor:
         """Coefficients of the output (zeros beyond the value where it does not depend on x),
-        given the input's coefficients beyond its value, ``tail``. ``bound``: the per-point
-        program, or ``None`` to bind it only if the whole-batch path does not apply.
+        given the input's coefficients after its value, ``tail`` (any after those are zeros).
+        ``bound``: the per-point program, or ``None`` to bind it only if the whole-batch path
+        does not apply.
 
         The input's jet is held split (``Jet.split``): under ``vmap`` over points the value is
         batched and ``tail`` usually is not, and neither are its images under the linear layers
@@ -163,7 +164,8 @@ class TaylorEngine:
                 return whole
         bound = self._bind(call) if bound is None else bound
         affine = isinstance(ctx.algebra, Univariate)  # x + t v
-        free = Jet(split=(call.x, tail), affine=affine) if ctx.algebra.size > 1 else call.x
+        size = ctx.algebra.size
+        free = Jet(split=(call.x, tail), affine=affine, size=size) if size > 1 else call.x
         out = run(bound.program, bound.inputs, free, ctx, first_orders=first_orders)
         return _coefficients_of(call, out, ctx)
 
@@ -189,7 +191,8 @@ class TaylorEngine:
             self._whole_batch_works = False
             return None
         affine = isinstance(ctx.algebra, Univariate)
-        out = run(bound.program, bound.inputs, Jet(split=(points, tail), affine=affine), ctx)
+        free = Jet(split=(points, tail), affine=affine, size=ctx.algebra.size)
+        out = run(bound.program, bound.inputs, free, ctx)
         coefficients = _coefficients_of(call, out, ctx)
         return rebatch(coefficients, dim=1, level=level)
 
@@ -214,9 +217,7 @@ class TaylorEngine:
     def _coefficients(
         self, call: Call, bound: Bound | None, v: Tensor, order: int, ctx: Context
     ) -> Tensor:
-        v = v.to(call.x.dtype)
-        rest = torch.zeros_like(v).expand(max(order - 1, 0), *v.shape)
-        tail = torch.cat([v.unsqueeze(0), rest])
+        tail = v.to(call.x.dtype).unsqueeze(0)  # the coefficients after v are zeros (Jet.size)
         return self._propagate(call, bound, tail, ctx)
 
     def jet(self, call: Call, v: Tensor, order: int) -> Tensor:

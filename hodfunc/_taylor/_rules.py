@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .._errors import UnsupportedOperationError, message
 from . import _series
-from ._algebra import Algebra, UnaryRule
+from ._algebra import Algebra, UnaryRule, join
 from ._trace import tracing
 
 __all__ = [
@@ -57,9 +57,13 @@ class Jet:
     unbatched matmul instead of one per point. ``c`` joins the parts on first use, so every rule
     is right on a split jet; the rules of linear ops and the algebras' unary maps keep the parts
     apart where they can (``split``).
+
+    A split jet's tail may also be *short*: ``size`` counts all coefficients, and those the tail
+    leaves out are zeros. A univariate jet seeded at ``x + t v`` is ``(x, [v])`` of size ``K + 1``:
+    the linear layers before the first nonlinearity then carry two rows instead of ``K + 1``.
     """
 
-    __slots__ = ("_c", "_split", "affine", "through")
+    __slots__ = ("_c", "_size", "_split", "affine", "through")
 
     def __init__(
         self,
@@ -68,11 +72,17 @@ class Jet:
         affine: bool = False,
         *,
         split: tuple[Tensor, Tensor] | None = None,
+        size: int | None = None,
     ) -> None:
         if (c is None) == (split is None):
             raise TypeError("Jet takes the coefficients or their split, not both")
         self._c = c
         self._split = split
+        if split is not None:
+            self._size = 1 + split[1].shape[0] if size is None else size
+        else:
+            assert c is not None
+            self._size = c.shape[0]
         self.through = through
         """The piecewise-linear ops on this value's path (kept by the interpreter, not by rules)."""
         self.affine = affine
@@ -85,13 +95,18 @@ class Jet:
         """All coefficients, ``(size, *value.shape)``."""
         if self._c is None:
             assert self._split is not None
-            head, tail = self._split
-            self._c = torch.cat([head.unsqueeze(0), tail])
+            self._c = join(*self._split, self._size)
         return self._c
 
     @property
+    def size(self) -> int:
+        """The number of coefficients, the value included."""
+        return self._size
+
+    @property
     def split(self) -> tuple[Tensor, Tensor] | None:
-        """``(value, the other coefficients)`` if this jet was built from them, else ``None``."""
+        """``(value, the next coefficients)`` if this jet was built from them, else ``None``; the
+        coefficients after those (up to ``size``) are zeros."""
         return self._split
 
     @property
@@ -102,7 +117,7 @@ class Jet:
     def retagged(self, through: frozenset[str], affine: bool) -> Jet:
         """The same coefficients with other interpreter tags."""
         if self._split is not None and self._c is None:
-            return Jet(through=through, affine=affine, split=self._split)
+            return Jet(through=through, affine=affine, split=self._split, size=self._size)
         return Jet(self.c, through, affine)
 
 
@@ -255,7 +270,7 @@ def _coefficientwise(a: Jet, linear: Callable[[Tensor], Tensor]) -> Jet:
     if a.split is None:
         return Jet(linear(a.c))
     head, tail = a.split
-    return Jet(split=(linear(head.unsqueeze(0))[0], linear(tail)))
+    return Jet(split=(linear(head.unsqueeze(0))[0], linear(tail)), size=a.size)
 
 
 def _affine(a: Jet, const: object) -> Jet:
@@ -267,7 +282,7 @@ def _affine(a: Jet, const: object) -> Jet:
         head = head + const  # type: ignore[operator]  # a tensor or a number
         if tuple(head.shape) != tuple(tail.shape[1:]):
             tail = _lift(tail, head.dim()).expand(tail.shape[0], *head.shape)
-        return Jet(split=(head, tail))
+        return Jet(split=(head, tail), size=a.size)
     head = a.c[0] + const  # type: ignore[operator]  # a tensor or a number
     tail = a.c[1:]
     if tuple(head.shape) != tuple(tail.shape[1:]):
@@ -454,7 +469,7 @@ def _expand(
     assert isinstance(a, Jet)
     sizes = args[1]
     assert isinstance(sizes, (list, tuple))
-    return Jet(_lift(a.c, len(sizes)).expand(a.c.shape[0], *sizes))
+    return _coefficientwise(a, lambda c: _lift(c, len(sizes)).expand(c.shape[0], *sizes))
 
 
 @_rule("permute")
@@ -465,7 +480,8 @@ def _permute(
     assert isinstance(a, Jet)
     dims = args[1]
     assert isinstance(dims, (list, tuple))
-    return Jet(a.c.permute(0, *[_dim(int(d), a.rank) for d in dims]))
+    order = [_dim(int(d), a.rank) for d in dims]
+    return _coefficientwise(a, lambda c: c.permute(0, *order))
 
 
 @_rule("t", "numpy_T")
@@ -486,7 +502,8 @@ def _transpose(
     d0, d1 = args[1], args[2]
     assert isinstance(d0, int)
     assert isinstance(d1, int)
-    return Jet(a.c.transpose(_dim(d0, a.rank), _dim(d1, a.rank)))
+    d0, d1 = _dim(d0, a.rank), _dim(d1, a.rank)
+    return _coefficientwise(a, lambda c: c.transpose(d0, d1))
 
 
 @_rule("squeeze")
@@ -523,7 +540,8 @@ def _select(
     d, i = args[1], args[2]
     assert isinstance(d, int)
     assert isinstance(i, int)
-    return Jet(a.c.select(_dim(d, a.rank), i))
+    d = _dim(d, a.rank)
+    return _coefficientwise(a, lambda c: c.select(d, i))
 
 
 @_rule("slice")
@@ -534,7 +552,8 @@ def _slice(
     assert isinstance(a, Jet)
     d = args[1] if len(args) > 1 else 0
     assert isinstance(d, int)
-    return Jet(torch.ops.aten.slice.Tensor(a.c, _dim(d, a.rank), *args[2:]))
+    d = _dim(d, a.rank)
+    return _coefficientwise(a, lambda c: torch.ops.aten.slice.Tensor(c, d, *args[2:]))
 
 
 @_rule("clone", "alias", "contiguous", "lift_fresh_copy", "positive")
@@ -550,7 +569,7 @@ def _neg(
 ) -> object:
     a = args[0]
     assert isinstance(a, Jet)
-    return Jet(-a.c)
+    return _coefficientwise(a, torch.neg)
 
 
 @_rule("detach")

@@ -24,9 +24,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._trace import physical_numel, physically_dense, stack_dense
+from ._trace import empty_series, physical_numel, physically_dense, stack_dense, writable
 
 __all__ = [
+    "affine",
     "asinh",
     "atan",
     "cauchy",
@@ -67,11 +68,20 @@ def _large(t: Tensor) -> bool:
     return physical_numel(t) >= _LARGE
 
 
-def _times(a: Tensor, b: Tensor, scale: float) -> Tensor:
-    """``scale * a * b`` in one pass (``addcmul`` onto a zero scalar)."""
+def _times(a: Tensor, b: Tensor, scale: float, out: Tensor | None = None) -> Tensor:
+    """``scale * a * b`` in one pass (``addcmul`` onto a zero scalar), into ``out`` if given."""
     if scale == 1.0:
-        return a * b
-    return torch.addcmul(a.new_zeros(()), a, b, value=scale)
+        return torch.mul(a, b) if out is None else torch.mul(a, b, out=out)
+    if out is None:
+        return torch.addcmul(a.new_zeros(()), a, b, value=scale)
+    return torch.addcmul(a.new_zeros(()), a, b, value=scale, out=out)
+
+
+def _fma(acc: Tensor, a: Tensor, b: Tensor, scale: float, in_place: bool) -> Tensor:
+    """``acc + scale * a * b``, in ``acc``'s memory if ``in_place`` (a fresh, writable sum)."""
+    if in_place:
+        return acc.addcmul_(a, b, value=scale)
+    return torch.addcmul(acc, a, b, value=scale)
 
 
 def _dot(w: Tensor, ys: list[Tensor], scale: float = 1.0) -> Tensor:
@@ -91,56 +101,91 @@ def _square(ys: list[Tensor], m: int, scale: float = 1.0) -> Tensor:
         return ys[0] * ys[0] * scale if scale != 1.0 else ys[0] * ys[0]
     if _large(ys[0]):  # half the products, by symmetry; one fused pass per term
         acc = _times(ys[0], ys[m], 2 * scale)
+        in_place = writable(acc)
         for i in range(1, (m + 1) // 2):
-            acc = torch.addcmul(acc, ys[i], ys[m - i], value=2 * scale)
+            acc = _fma(acc, ys[i], ys[m - i], 2 * scale, in_place)
         if m % 2 == 0:
-            acc = torch.addcmul(acc, ys[m // 2], ys[m // 2], value=scale)
+            acc = _fma(acc, ys[m // 2], ys[m // 2], scale, in_place)
         return acc
     out = (torch.stack(ys[: m + 1]) * torch.stack(ys[m::-1])).sum(0)
     return out * scale if scale != 1.0 else out
 
 
-def _rows(a: Series, upto: int) -> list[Tensor]:
-    """The coefficients of ``a``, rows ``1..upto`` each in one dense block: under ``vmap`` a
-    coefficient of a batched series is strided, and the recurrences read each one many times (a
-    third slower than dense reads)."""
-    rows = list(a.unbind(0))
-    if len(rows) > 2 and not physically_dense(rows[1]):
-        rows[1 : upto + 1] = [row.clone() for row in rows[1 : upto + 1]]
-    return rows
+def _dense(row: Tensor) -> Tensor:
+    """``row`` in one dense block: under ``vmap`` a coefficient of a batched series is strided,
+    and the recurrences read it many times (a third slower than dense reads)."""
+    return row if physically_dense(row) else row.clone()
 
 
-def _ode(
-    a: Series, y0: Tensor, u_of: Callable[[list[Tensor], int], Tensor], affine: bool
-) -> Series:
-    """Solve ``y' = u a'`` where ``u_m = u_of(y, m)`` needs only ``y_0..y_m``.
+Function = Callable[..., Tensor]
+"""An elementwise torch function that takes ``out=`` (``torch.tanh``...)."""
+Derivative = Callable[[list[Tensor], int], Tensor]
+"""``u_of(ys, m)``: coefficient ``m`` of ``u`` in the ODE ``y' = u a'``, from ``y_0..y_m``."""
+
+
+class _Output:
+    """Where a recurrence puts its coefficients: one preallocated series written row by row
+    (``empty_series``) for large plain tensors, which saves stacking them at the end (a copy of
+    the whole series); otherwise a list, stacked at the end."""
+
+    def __init__(self, size: int, like: Tensor) -> None:
+        self.buffer = empty_series(size, like) if _large(like) else None
+        self.rows: list[Tensor] = []
+
+    def at(self, k: int) -> Tensor | None:
+        """Where row ``k`` goes, or ``None`` for new memory."""
+        return None if self.buffer is None else self.buffer[k]
+
+    def first(self, phi: Function, a0: Tensor) -> None:
+        """Row 0: ``phi(a0)``."""
+        at = self.at(0)
+        self.rows.append(phi(a0) if at is None else phi(a0, out=at))
+
+    def series(self) -> Series:
+        return stack_dense(self.rows) if self.buffer is None else self.buffer
+
+
+def _ode(a: Series, phi: Function, u_of: Derivative, affine: bool) -> Series:
+    """Solve ``y' = u a'`` with ``y_0 = phi(a_0)``, where ``u_m = u_of(y, m)`` needs only
+    ``y_0..y_m``: ``y_k = sum_{j=1..k} (j / k) a_j u_{k-j}``, the weights in ``addcmul``'s scale.
 
     ``affine``: ``a = a_0 + a_1 t`` exactly (a linear function of the input), so the sum has one
-    term: ``y_k = a_1 u_{k-1} / k``.
+    term (``ode_affine``).
     """
     K = a.shape[0] - 1
-    ys = [y0]
-    us: list[Tensor] = []
-    large = _large(a[0])
-    rows = _rows(a, 1 if affine else K) if large else list(a.unbind(0))
     if affine:
+        return ode_affine(a[0], a[1], K, phi, u_of)
+    if not _large(a[0]):  # few elements: one stack-multiply-sum per step (fewer launches)
+        ja = a[1:] * _k_weights(a, 1, K + 1)
+        ys = [phi(a[0])]
+        us: list[Tensor] = []
         for k in range(1, K + 1):
             us.append(u_of(ys, k - 1))
-            ys.append(_times(rows[1], us[k - 1], 1.0 / k))
+            ys.append(_dot(ja, us[::-1], 1.0 / k))
         return stack_dense(ys)
-    if large:  # y_k = sum_j (j / k) a_j u_{k-j}: the weights ride in addcmul's scale
-        for k in range(1, K + 1):
-            us.append(u_of(ys, k - 1))
-            acc = _times(rows[1], us[k - 1], 1.0 / k)
-            for j in range(2, k + 1):
-                acc = torch.addcmul(acc, rows[j], us[k - j], value=j / k)
-            ys.append(acc)
-        return stack_dense(ys)
-    ja = a[1:] * _k_weights(a, 1, K + 1)
+    rows = [_dense(row) for row in a.unbind(0)]
+    out = _Output(K + 1, a[0])
+    out.first(phi, a[0])
+    us = []
     for k in range(1, K + 1):
-        us.append(u_of(ys, k - 1))
-        ys.append(_dot(ja, us[::-1], 1.0 / k))
-    return stack_dense(ys)
+        us.append(u_of(out.rows, k - 1))
+        acc = _times(rows[1], us[k - 1], 1.0 / k, out=out.at(k))
+        in_place = writable(acc)
+        for j in range(2, k + 1):
+            acc = _fma(acc, rows[j], us[k - j], j / k, in_place)
+        out.rows.append(acc)
+    return out.series()
+
+
+def ode_affine(a0: Tensor, a1: Tensor, order: int, phi: Function, u_of: Derivative) -> Series:
+    """``_ode`` for ``a = a_0 + a_1 t``, given those two rows: ``y_k = a_1 u_{k-1} / k``."""
+    if _large(a0):
+        a1 = _dense(a1)
+    out = _Output(order + 1, a0)
+    out.first(phi, a0)
+    for k in range(1, order + 1):
+        out.rows.append(_times(a1, u_of(out.rows, k - 1), 1.0 / k, out=out.at(k)))
+    return out.series()
 
 
 def _pair(
@@ -148,19 +193,27 @@ def _pair(
 ) -> tuple[Series, Series]:
     """``s' = c a'``, ``c' = sign * s a'`` (sin/cos with sign -1, sinh/cosh with +1)."""
     K = a.shape[0] - 1
+    if affine:
+        return pair_affine(a[1], K, first, second, sign)
     s, c = [first], [second]
-    if affine:  # a = a_0 + a_1 t: one term per step
-        for k in range(1, K + 1):
-            step = a[1] * (1.0 / k)
-            s.append(step * c[k - 1])
-            c.append(step * s[k - 1] * sign)
-        return stack_dense(s), stack_dense(c)
     ja = a[1:] * _k_weights(a, 1, K + 1)
     for k in range(1, K + 1):
         s_k = _dot(ja, c[::-1], 1.0 / k)
         c_k = _dot(ja, s[::-1], sign / k)
         s.append(s_k)
         c.append(c_k)
+    return stack_dense(s), stack_dense(c)
+
+
+def pair_affine(
+    a1: Tensor, order: int, first: Tensor, second: Tensor, sign: float
+) -> tuple[Series, Series]:
+    """``_pair`` for ``a = a_0 + a_1 t``, given ``a_1``: one term per step."""
+    s, c = [first], [second]
+    for k in range(1, order + 1):
+        step = a1 * (1.0 / k)
+        s.append(step * c[k - 1])
+        c.append(step * s[k - 1] * sign)
     return stack_dense(s), stack_dense(c)
 
 
@@ -217,9 +270,31 @@ def _shift(a: Series, value: Tensor) -> Series:
     return torch.cat([value.unsqueeze(0), a[1:]])
 
 
+def _exp_u(ys: list[Tensor], m: int) -> Tensor:
+    return ys[m]
+
+
+def _tanh_u(ys: list[Tensor], m: int) -> Tensor:
+    if m == 0:  # 1 - y_0^2 in one pass
+        return torch.addcmul(ys[0].new_ones(()), ys[0], ys[0], value=-1.0)
+    return _square(ys, m, -1.0)
+
+
+def _sigmoid_u(ys: list[Tensor], m: int) -> Tensor:
+    if m == 0:  # y_0 - y_0^2 in one pass
+        return torch.addcmul(ys[0], ys[0], ys[0], value=-1.0)
+    return ys[m] - _square(ys, m)
+
+
+def _tan_u(ys: list[Tensor], m: int) -> Tensor:
+    if m == 0:  # 1 + y_0^2 in one pass
+        return torch.addcmul(ys[0].new_ones(()), ys[0], ys[0])
+    return _square(ys, m)
+
+
 def exp(a: Series, *, affine: bool = False) -> Series:
     """``exp``: ``y' = y a'``."""
-    return _ode(a, torch.exp(a[0]), lambda ys, m: ys[m], affine)
+    return _ode(a, torch.exp, _exp_u, affine)
 
 
 def expm1(a: Series, *, affine: bool = False) -> Series:
@@ -229,35 +304,17 @@ def expm1(a: Series, *, affine: bool = False) -> Series:
 
 def tanh(a: Series, *, affine: bool = False) -> Series:
     """``tanh``: ``y' = (1 - y^2) a'``."""
-
-    def u(ys: list[Tensor], m: int) -> Tensor:
-        if m == 0:  # 1 - y_0^2 in one pass
-            return torch.addcmul(ys[0].new_ones(()), ys[0], ys[0], value=-1.0)
-        return _square(ys, m, -1.0)
-
-    return _ode(a, torch.tanh(a[0]), u, affine)
+    return _ode(a, torch.tanh, _tanh_u, affine)
 
 
 def sigmoid(a: Series, *, affine: bool = False) -> Series:
     """``sigmoid``: ``y' = (y - y^2) a'``."""
-
-    def u(ys: list[Tensor], m: int) -> Tensor:
-        if m == 0:  # y_0 - y_0^2 in one pass
-            return torch.addcmul(ys[0], ys[0], ys[0], value=-1.0)
-        return ys[m] - _square(ys, m)
-
-    return _ode(a, torch.sigmoid(a[0]), u, affine)
+    return _ode(a, torch.sigmoid, _sigmoid_u, affine)
 
 
 def tan(a: Series, *, affine: bool = False) -> Series:
     """``tan``: ``y' = (1 + y^2) a'``."""
-
-    def u(ys: list[Tensor], m: int) -> Tensor:
-        if m == 0:  # 1 + y_0^2 in one pass
-            return torch.addcmul(ys[0].new_ones(()), ys[0], ys[0])
-        return _square(ys, m)
-
-    return _ode(a, torch.tan(a[0]), u, affine)
+    return _ode(a, torch.tan, _tan_u, affine)
 
 
 def sin(a: Series, *, affine: bool = False) -> Series:
@@ -278,6 +335,37 @@ def sinh(a: Series, *, affine: bool = False) -> Series:
 def cosh(a: Series, *, affine: bool = False) -> Series:
     """``cosh``, computed together with ``sinh``."""
     return _pair(a, torch.sinh(a[0]), torch.cosh(a[0]), 1.0, affine)[1]
+
+
+_ODES: dict[Callable[..., Series], tuple[Function, Derivative]] = {
+    exp: (torch.exp, _exp_u),
+    tanh: (torch.tanh, _tanh_u),
+    sigmoid: (torch.sigmoid, _sigmoid_u),
+    tan: (torch.tan, _tan_u),
+}
+_PAIRS: dict[Callable[..., Series], tuple[Function, Function, float, int]] = {
+    sin: (torch.sin, torch.cos, -1.0, 0),
+    cos: (torch.sin, torch.cos, -1.0, 1),
+    sinh: (torch.sinh, torch.cosh, 1.0, 0),
+    cosh: (torch.sinh, torch.cosh, 1.0, 1),
+}
+
+
+def affine(rule: Callable[..., Series], a0: Tensor, a1: Tensor, order: int) -> Series | None:
+    """The series of ``phi(a_0 + a_1 t)`` to ``order`` from those two rows alone, where ``rule``
+    is ``phi``'s series rule, or ``None`` if ``phi`` has no recurrence of its own for that case.
+
+    Seeded at ``x + t v``, a jet stays affine through every linear layer before the first
+    nonlinearity; its coefficients 2.. are zeros, which need neither storing nor a matmul.
+    """
+    ode = _ODES.get(rule)
+    if ode is not None:
+        return ode_affine(a0, a1, order, *ode)
+    pair = _PAIRS.get(rule)
+    if pair is not None:
+        first, second, sign, index = pair
+        return pair_affine(a1, order, first(a0), second(a0), sign)[index]
+    return None
 
 
 def log(a: Series, *, affine: bool = False) -> Series:

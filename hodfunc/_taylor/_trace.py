@@ -295,6 +295,45 @@ def _dense_order(t: Tensor) -> list[int] | None:
     return order
 
 
+def writable(t: Tensor) -> bool:
+    """Whether results computed from ``t`` may be written into preallocated memory (``out=``)
+    and be a plain tensor: not under a trace, not inside a ``torch.func`` transform, not while
+    autograd records ``t`` or a forward-mode AD level is open (``out=`` ops are not
+    differentiable, and raise on dual tensors)."""
+    return not (
+        tracing()
+        or torch._C._functorch.is_functorch_wrapped_tensor(t)
+        or (torch.is_grad_enabled() and t.requires_grad)
+        or torch.autograd.forward_ad._current_level >= 0
+    )
+
+
+def _series_layout(like: Tensor) -> tuple[list[int], list[int]] | None:
+    """``(order, back)``: the dims of ``like`` from outermost to innermost in memory, and the
+    permutation of a ``(n, *[like.shape[d] for d in order])`` buffer (coefficient axis first)
+    that gives it ``like``'s shape; ``None`` if ``like`` is not dense in any order."""
+    order = list(range(like.dim())) if like.is_contiguous() else _dense_order(like)
+    if order is None:
+        return None
+    back = [0] * like.dim()
+    for position, d in enumerate(order):
+        back[d] = position + 1
+    return order, [0, *back]
+
+
+def empty_series(size: int, like: Tensor) -> Tensor | None:
+    """An uninitialised ``(size, *like.shape)`` tensor for a series computed coefficient by
+    coefficient (each row written with ``out=``): every row has ``like``'s memory order, so the
+    elementwise ops writing it and the linear layer reading it stream through memory. Large
+    buffers may use huge pages (``_allocator.empty_result``). ``None`` where ``writable`` says
+    no, or ``like`` is not dense."""
+    layout = _series_layout(like) if writable(like) else None
+    if layout is None:
+        return None
+    order, back = layout
+    return empty_result((size, *[like.shape[d] for d in order]), like).permute(back)
+
+
 def stack_dense(ts: list[Tensor]) -> Tensor:
     """``torch.stack(ts)`` that keeps the memory order the (plain, alike) tensors share, into
     memory that faults in cheaply.
@@ -306,20 +345,16 @@ def stack_dense(ts: list[Tensor]) -> Tensor:
     pages (``_allocator.empty_result``, which affects only that tensor's pages).
     """
     first = ts[0]
-    if torch._C._functorch.is_functorch_wrapped_tensor(first):
+    layout = None if transformed(first) else _series_layout(first)
+    if layout is None or any(t.stride() != first.stride() for t in ts):
         return torch.stack(ts)
-    order = _dense_order(first) if not first.is_contiguous() else list(range(first.dim()))
-    if order is None or any(t.stride() != first.stride() for t in ts):
-        return torch.stack(ts)
+    order, back = layout
     views = [t.permute(order) for t in ts]
-    if tracing() or (torch.is_grad_enabled() and any(t.requires_grad for t in ts)):
-        stacked = torch.stack(views)
-    else:
+    if all(map(writable, ts)):
         stacked = torch.stack(views, out=empty_result((len(ts), *views[0].shape), first))
-    back = [0] * first.dim()
-    for position, d in enumerate(order):
-        back[d] = position + 1
-    return stacked.permute(0, *back)
+    else:
+        stacked = torch.stack(views)
+    return stacked.permute(back)
 
 
 # ---------------------------------------------------------------- functorch and ATen internals
