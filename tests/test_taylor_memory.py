@@ -220,3 +220,99 @@ def test_adding_a_wider_constant_in_place_keeps_the_promoted_dtype() -> None:
         d = hodfunc.directional_derivative(f, 3, method=method)
         assert torch.func.vmap(d, in_dims=(0, None))(xs, v).dtype == torch.float64
         assert torch.func.vmap(hodfunc.laplacian(f, method=method))(xs).dtype == torch.float64
+
+
+# ---------------------------------------------------------------------------------------------
+# Large series written row by row into one preallocated tensor; seeded jets carrying only v
+
+_SMOOTH: dict[str, Callable[[Tensor], Tensor]] = {
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "exp": torch.exp,
+    "tan": torch.tan,
+    "sin": torch.sin,
+    "cos": torch.cos,
+    "sinh": torch.sinh,
+    "cosh": torch.cosh,
+}
+_WIDTH = 32  # 2048 points x 32 units: past _series._LARGE, so the recurrences write in place
+
+
+def _scalar_mlp(act: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    g = torch.Generator().manual_seed(4)
+    w1 = 0.5 * torch.randn(_WIDTH, 1, dtype=F64, generator=g)
+    w2 = 0.3 * torch.randn(_WIDTH, _WIDTH, dtype=F64, generator=g) / _WIDTH**0.5
+    w3 = torch.randn(1, _WIDTH, dtype=F64, generator=g) / _WIDTH**0.5
+
+    def f(x: Tensor) -> Tensor:  # the first activation sees an affine jet, the second does not
+        out: Tensor = (w3 @ act(w2 @ act(w1 @ x.reshape(1)))).squeeze()
+        return out
+
+    return f
+
+
+@pytest.mark.parametrize("name", sorted(_SMOOTH))
+def test_large_batches_written_into_preallocated_series_match_nested(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hodfunc._taylor import _series, _trace
+
+    buffers: list[Tensor] = []
+    empty_series = _trace.empty_series
+
+    def counted(size: int, like: Tensor) -> Tensor | None:
+        out = empty_series(size, like)
+        if out is not None:
+            buffers.append(out)
+        return out
+
+    monkeypatch.setattr(_series, "empty_series", counted)
+    f = _scalar_mlp(_SMOOTH[name])
+    xs = torch.linspace(-1.0, 1.0, 2048, dtype=F64)
+    got = torch.func.vmap(hodfunc.derivatives(f, 5, method="taylor"))(xs)
+    if name in ("tanh", "sigmoid", "exp", "tan"):  # those with a recurrence of their own
+        assert buffers, "the large recurrences did not write into a preallocated series"
+    few = xs[::256]
+    want = torch.func.vmap(hodfunc.derivatives(f, 5, method="nested"))(few)
+    assert_close(got[::256], want)
+    per_point = torch.stack([hodfunc.derivatives(f, 5, method="taylor")(x) for x in few[:3]])
+    assert_close(got[:768:256], per_point)
+
+
+def test_a_large_direction_that_requires_grad_is_differentiable() -> None:
+    """The seeded jet's rows are the point and the direction: ``out=`` writes would cut autograd
+    off when only the direction records, so none happen then."""
+    x = torch.linspace(-1.0, 1.0, 40_000, dtype=F64)
+    v0 = torch.cos(torch.arange(40_000, dtype=F64))
+
+    def f(y: Tensor) -> Tensor:
+        return torch.tanh(2 * y + 0.1).sum()
+
+    grads = []
+    for method in ("taylor", "nested"):
+        v = v0.clone().requires_grad_()
+        (g,) = torch.autograd.grad(hodfunc.directional_derivative(f, 3, method=method)(x, v), v)
+        grads.append(g)
+    assert_close(grads[0], grads[1])
+
+
+def test_a_seeded_jet_carries_only_its_direction_until_the_first_nonlinear_op() -> None:
+    from hodfunc._taylor._rules import Jet
+
+    x, v = torch.tensor([1.0, 2.0], dtype=F64), torch.tensor([3.0, 4.0], dtype=F64)
+    jet = Jet(split=(x, v.unsqueeze(0)), size=5)
+    assert jet.split is not None
+    assert jet.split[1].shape == (1, 2)
+    assert torch.equal(jet.c, torch.stack([x, v, *torch.zeros(3, 2, dtype=F64)]))
+
+    def f(y: Tensor) -> Tensor:  # linear ops, then ops with no affine recurrence (log, sqrt)
+        z = (y @ _W.T).reshape(2, 2).transpose(0, 1)[:, 1:]
+        return (torch.log(z.square() + 3) + torch.sqrt(-z + 9)).sum()
+
+    point = torch.tensor([0.1, -0.2, 0.3, 0.4, -0.5, 0.6], dtype=F64)
+    direction = torch.tensor([1.0, 0.5, -1.0, 2.0, 0.0, -0.5], dtype=F64)
+    for order in (1, 4):
+        assert_close(
+            hodfunc.directional_derivative(f, order, method="taylor")(point, direction),
+            hodfunc.directional_derivative(f, order, method="nested")(point, direction),
+        )

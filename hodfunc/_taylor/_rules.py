@@ -738,9 +738,9 @@ def _mul(
     if isinstance(a, Jet) and isinstance(b, Jet):
         return Jet(ctx.algebra.product(torch.mul, _lift(a.c, rank), _lift(b.c, rank), batched=True))
     if isinstance(a, Jet):
-        return Jet(_lift(a.c, rank) * b)  # type: ignore[operator]
+        return _coefficientwise(a, lambda c: _lift(c, rank) * b)  # type: ignore[operator]
     assert isinstance(b, Jet)
-    return Jet(a * _lift(b.c, rank))  # type: ignore[operator]
+    return _coefficientwise(b, lambda c: a * _lift(c, rank))  # type: ignore[operator]
 
 
 @_rule("div")
@@ -753,7 +753,7 @@ def _div(
     rank = max(_rank_of(a), _rank_of(b))
     if not isinstance(b, Jet):
         assert isinstance(a, Jet)
-        return Jet(_lift(a.c, rank) / b)  # type: ignore[operator]
+        return _coefficientwise(a, lambda c: _lift(c, rank) / b)  # type: ignore[operator]
     bc = _lift(b.c, rank)
     ac = _lift(_promote(ctx, a, b), rank)
     return Jet(ctx.algebra.divide(ac, bc))

@@ -128,8 +128,11 @@ class _Output:
     (``empty_series``) for large plain tensors, which saves stacking them at the end (a copy of
     the whole series); otherwise a list, stacked at the end."""
 
-    def __init__(self, size: int, like: Tensor) -> None:
-        self.buffer = empty_series(size, like) if _large(like) else None
+    def __init__(self, size: int, like: Tensor, *inputs: Tensor) -> None:
+        """A series of ``size`` rows shaped like ``like``, computed from ``like`` and ``inputs``
+        (no preallocated buffer if autograd records any of them)."""
+        large = _large(like) and all(map(writable, inputs))
+        self.buffer = empty_series(size, like) if large else None
         self.rows: list[Tensor] = []
 
     def at(self, k: int) -> Tensor | None:
@@ -181,7 +184,7 @@ def ode_affine(a0: Tensor, a1: Tensor, order: int, phi: Function, u_of: Derivati
     """``_ode`` for ``a = a_0 + a_1 t``, given those two rows: ``y_k = a_1 u_{k-1} / k``."""
     if _large(a0):
         a1 = _dense(a1)
-    out = _Output(order + 1, a0)
+    out = _Output(order + 1, a0, a1)
     out.first(phi, a0)
     for k in range(1, order + 1):
         out.rows.append(_times(a1, u_of(out.rows, k - 1), 1.0 / k, out=out.at(k)))
