@@ -316,3 +316,50 @@ def test_a_seeded_jet_carries_only_its_direction_until_the_first_nonlinear_op() 
             hodfunc.directional_derivative(f, order, method="taylor")(point, direction),
             hodfunc.directional_derivative(f, order, method="nested")(point, direction),
         )
+
+
+def test_a_bias_added_after_a_batched_matmul_is_added_in_place() -> None:
+    """``vmap``'s trace of a linear layer is ``mm``, ``_unsafe_view`` (a view, whatever its schema
+    says), then the bias ``add``: the add is handed the matmul's result."""
+    b = torch.randn(6, dtype=F64, generator=torch.Generator().manual_seed(5))
+
+    def layer(x: Tensor) -> Tensor:
+        return torch.tanh(torch.nn.functional.linear(x, _W.T, b)).sum()
+
+    points = torch.randn(3, 4, dtype=F64)
+    program = TraceCache().bind("test", layer, (points,), {}, 0, batched=True).program
+    assert "_unsafe_view" in [ins.name for ins in program.instructions]
+    steps = plan(program, first_orders=True, overwrite=True)
+    handed = [ins.name for ins, s in zip(program.instructions, steps, strict=True) if s.donated]
+    assert "add" in handed, handed
+
+
+def test_directions_repeated_at_every_point_go_through_a_linear_layer_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a whole batch the seeded direction is the same at every point (an ``expand``); the
+    first linear layer maps it once (``_rules._repeated``) and the result is still per point."""
+    from hodfunc._taylor import _rules
+    from hodfunc._taylor._trace import compact
+
+    narrowed: list[bool] = []
+
+    def spy(t: Tensor, *, keep: int) -> Tensor:
+        out = compact(t, keep=keep)
+        narrowed.append(out.shape != t.shape)
+        return out
+
+    monkeypatch.setattr(_rules, "compact", spy)
+    b = torch.randn(6, dtype=F64, generator=torch.Generator().manual_seed(6))
+
+    def f(x: Tensor) -> Tensor:
+        return torch.sigmoid(torch.nn.functional.linear(x, _W.T, b) ** 2).sum()
+
+    g = hodfunc.directional_derivative(f, 4, method="taylor")
+    points = torch.randn(9, 4, dtype=F64, generator=torch.Generator().manual_seed(7))
+    v = torch.tensor([1.0, -0.5, 0.25, 2.0], dtype=F64)
+    got = torch.func.vmap(g, in_dims=(0, None))(points, v)
+    assert any(narrowed)
+    nested = hodfunc.directional_derivative(f, 4, method="nested")
+    want = torch.stack([nested(p, v) for p in points])
+    assert_close(got, want)

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from . import _series
 from ._series import Pairs, cauchy_pairs, pair_table
-from ._trace import tracing
+from ._trace import empty_series, tracing, writable
 
 __all__ = ["Algebra", "Collapsed", "Univariate", "join"]
 
@@ -215,7 +215,11 @@ class Collapsed:
         tail = join(head, tail, self.size)[1:] if tail.shape[0] < self.size - 1 else tail
 
         def scaled(d1: Tensor) -> Tensor:  # one pass, batched only where ``d1`` is
-            return d1 * torch.cat([torch.zeros_like(tail[:1]), tail])
+            out = empty_series(1 + tail.shape[0], d1) if writable(tail) else None
+            if out is None:
+                return d1 * torch.cat([torch.zeros_like(tail[:1]), tail])
+            torch.mul(d1, tail, out=out[1:])  # row 0 is _unary's to write
+            return out
 
         return self._unary(rule, head, tail, scaled if first else None)
 
@@ -230,7 +234,7 @@ class Collapsed:
         1.. in its rows 1.., and anything in row 0 (overwritten here); without it the result ends
         after row 1."""
         y, d1, d2 = _series.second_order(rule, a0)
-        squares = (rest[1:] * rest[1:]).sum(0)
+        squares = _series.sum_of_squares(rest[1:])
         if scaled is None:
             return torch.stack([y, d1 * rest[0] + d2 * squares])
         if tracing():

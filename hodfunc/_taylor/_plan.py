@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from torch.utils import _pytree as pytree
 
-from ._rules import ADDS_IN_PLACE, FRESH_RESULTS, ROW_WISE, UNARY_OPS
+from ._rules import ADDS_IN_PLACE, FRESH_RESULTS, ROW_WISE, UNARY_OPS, VIEWS
 from ._trace import Program, Ref, aliases_input
 
 __all__ = ["Step", "plan"]
@@ -93,7 +93,7 @@ def _donations(program: Program, reads: list[list[int]]) -> list[frozenset[int]]
         elif ins.depends and ins.name in ADDS_IN_PLACE and len(carried) == 1:
             root[ins.slot] = ins.slot
             conditional[index] = carried[0]
-        elif ins.depends and slots and aliases_input(ins.fn):
+        elif ins.depends and slots and (aliases_input(ins.fn) or ins.name in VIEWS):
             root[ins.slot] = root.get(slots[0], slots[0])
         else:  # unknown aliasing: neither it nor anything it read may be overwritten
             root[ins.slot] = ins.slot

@@ -30,7 +30,7 @@ from torch import Tensor
 from .._errors import UnsupportedOperationError, message
 from . import _series
 from ._algebra import Algebra, UnaryRule, join
-from ._trace import tracing
+from ._trace import compact, tracing
 
 __all__ = [
     "ADDS_IN_PLACE",
@@ -38,6 +38,7 @@ __all__ = [
     "ROW_WISE",
     "RULES",
     "UNARY_OPS",
+    "VIEWS",
     "Context",
     "Jet",
     "Rule",
@@ -653,10 +654,22 @@ def _masked_fill(
 # ---------------------------------------------------------------- bilinear ops
 
 
+def _repeated(c: Tensor, linear: Callable[[Tensor], Tensor], mixed: int) -> Tensor:
+    """``linear(c)`` for a ``linear`` that maps every dim of ``c`` but ``mixed`` independently,
+    computed once along the dims where ``c`` only repeats itself (``compact``)."""
+    small = compact(c, keep=mixed)
+    if small is c:
+        return linear(c)
+    out = linear(small)
+    return out.expand(*c.shape[:mixed], out.shape[mixed], *c.shape[c.dim() + mixed + 1 :])
+
+
 def _matmul_const(name: str, a: object, b: object) -> Jet:
     """``a @ b`` where exactly one side is a ``Jet``; the coefficient axis rides as a batch dim."""
     if isinstance(a, Jet):
         assert isinstance(b, Tensor)
+        if b.dim() == 2:  # rows of ``a`` map independently
+            return _coefficientwise(a, lambda c: _repeated(c, lambda r: r @ b, -1))
         return _coefficientwise(a, lambda c: torch.matmul(c, b))
     assert isinstance(b, Jet)
     assert isinstance(a, Tensor)
@@ -833,6 +846,9 @@ ROW_WISE = frozenset(
 )
 """Ops whose rules, when only one argument carries coefficients, map each coefficient row on its
 own and accept any number of rows (a jet whose first orders were left out passes through)."""
+VIEWS = frozenset({"_unsafe_view", "reshape"})
+"""Ops whose rules may return a view of their argument although ATen's schema declares no alias
+(``_unsafe_view``, as ``vmap``'s traces of ``mm`` leave it, and ``reshape``)."""
 ADDS_IN_PLACE = frozenset({"add", "sub"})
 """Ops whose rules add a constant to an argument given to them in place (``_add``)."""
 FRESH_RESULTS = frozenset(

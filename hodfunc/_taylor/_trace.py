@@ -321,6 +321,20 @@ def _series_layout(like: Tensor) -> tuple[list[int], list[int]] | None:
     return order, [0, *back]
 
 
+def compact(t: Tensor, *, keep: int) -> Tensor:
+    """``t`` narrowed to one element along every dim but ``keep`` that it only repeats (stride 0,
+    as ``expand`` leaves it). A linear op that maps those dims independently can run on the
+    compact view and ``expand`` its result: the directions seeded at a whole batch of points
+    are the same at every point, and so are their images under the first linear layer."""
+    if transformed(t):
+        return t
+    keep = keep % t.dim()
+    for d in range(t.dim()):
+        if d != keep and t.stride(d) == 0 and t.shape[d] > 1:
+            t = t.narrow(d, 0, 1)
+    return t
+
+
 def empty_series(size: int, like: Tensor) -> Tensor | None:
     """An uninitialised ``(size, *like.shape)`` tensor for a series computed coefficient by
     coefficient (each row written with ``out=``): every row has ``like``'s memory order, so the
