@@ -363,3 +363,28 @@ def test_directions_repeated_at_every_point_go_through_a_linear_layer_once(
     nested = hodfunc.directional_derivative(f, 4, method="nested")
     want = torch.stack([nested(p, v) for p in points])
     assert_close(got, want)
+
+
+def test_the_laplacian_s_last_activation_leaves_out_the_first_orders(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing after the last activation reads first orders: it returns two rows, not n + 2."""
+    from hodfunc._taylor import _algebra
+
+    rows: list[int] = []
+    unary = _algebra.Collapsed._unary
+
+    def spy(self: _algebra.Collapsed, *args: object) -> Tensor:
+        out = unary(self, *args)  # type: ignore[arg-type]
+        rows.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(_algebra.Collapsed, "_unary", spy)
+
+    def f(x: Tensor) -> Tensor:
+        return (torch.tanh(torch.tanh(x @ _W) @ _V) @ _V).sum()
+
+    x = torch.randn(4, dtype=F64, generator=torch.Generator().manual_seed(8))
+    got = hodfunc.laplacian(f, method="taylor")(x)
+    assert rows == [4 + 2, 2], rows
+    assert_close(got, hodfunc.laplacian(f, method="nested")(x))

@@ -75,7 +75,8 @@ class Algebra(Protocol):
         affine: bool = False,
         first: bool = True,
     ) -> Tensor:
-        """``unary`` of the jet whose value is ``head`` and other coefficients ``tail``."""
+        """``unary`` of the jet whose value is ``head`` and next coefficients ``tail`` (any after
+        those, up to ``size``, are zeros)."""
         ...
 
     def product(self, op: Bilinear, a: Tensor, b: Tensor, *, batched: bool) -> Tensor:
@@ -96,6 +97,10 @@ def join(head: Tensor, tail: Tensor, size: int) -> Tensor:
     ``tail`` and whose others are zeros."""
     parts = [head.unsqueeze(0), tail]
     missing = size - 1 - tail.shape[0]
+    if missing < 0:
+        raise ValueError(
+            f"a jet of size {size} cannot hold {tail.shape[0]} coefficients after its value"
+        )
     if missing:
         parts.append(tail.new_zeros(()).expand(missing, *tail.shape[1:]))
     return torch.cat(parts)

@@ -168,7 +168,7 @@ class TaylorEngine:
         affine = isinstance(ctx.algebra, Univariate)  # x + t v
         size = ctx.algebra.size
         free = Jet(split=(call.x, tail), affine=affine, size=size) if size > 1 else call.x
-        out = run(bound.program, bound.inputs, free, ctx)
+        out = run(bound.program, bound.inputs, free, ctx, first_orders=first_orders)
         return _coefficients_of(call, out, ctx)
 
     def _propagate_whole_batch(self, call: Call, tail: Tensor, ctx: Context) -> Tensor | None:
@@ -216,15 +216,13 @@ class TaylorEngine:
             stacklevel=4,
         )
 
-    def _coefficients(
-        self, call: Call, bound: Bound | None, v: Tensor, order: int, ctx: Context
-    ) -> Tensor:
+    def _coefficients(self, call: Call, bound: Bound | None, v: Tensor, ctx: Context) -> Tensor:
         tail = v.to(call.x.dtype).unsqueeze(0)  # the coefficients after v are zeros (Jet.size)
         return self._propagate(call, bound, tail, ctx)
 
     def jet(self, call: Call, v: Tensor, order: int) -> Tensor:
         ctx = Context(Univariate(order), call.api)
-        coefficients = self._coefficients(call, None, v, order, ctx)
+        coefficients = self._coefficients(call, None, v, ctx)
         self._warn(call.api, ctx, order)
         return _to_derivatives(coefficients)
 
@@ -245,7 +243,7 @@ class TaylorEngine:
         directions = directions.reshape(len(terms), *x.shape)
 
         def top(v: Tensor) -> Tensor:
-            return self._coefficients(call, bound, v, d, ctx)[d]
+            return self._coefficients(call, bound, v, ctx)[d]
 
         values = torch.func.vmap(top)(directions)
         scale = math.prod(math.factorial(c) for c in counts.values())

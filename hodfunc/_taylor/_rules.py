@@ -81,6 +81,8 @@ class Jet:
         self._split = split
         if split is not None:
             self._size = 1 + split[1].shape[0] if size is None else size
+            if self._size < 1 + split[1].shape[0]:
+                raise ValueError(f"Jet of size {self._size} given {split[1].shape[0]} tail rows")
         else:
             assert c is not None
             self._size = c.shape[0]
@@ -657,11 +659,12 @@ def _masked_fill(
 def _repeated(c: Tensor, linear: Callable[[Tensor], Tensor], mixed: int) -> Tensor:
     """``linear(c)`` for a ``linear`` that maps every dim of ``c`` but ``mixed`` independently,
     computed once along the dims where ``c`` only repeats itself (``compact``)."""
+    mixed = mixed % c.dim()
     small = compact(c, keep=mixed)
     if small is c:
         return linear(c)
     out = linear(small)
-    return out.expand(*c.shape[:mixed], out.shape[mixed], *c.shape[c.dim() + mixed + 1 :])
+    return out.expand(*c.shape[:mixed], out.shape[mixed], *c.shape[mixed + 1 :])
 
 
 def _matmul_const(name: str, a: object, b: object) -> Jet:
@@ -846,9 +849,9 @@ ROW_WISE = frozenset(
 )
 """Ops whose rules, when only one argument carries coefficients, map each coefficient row on its
 own and accept any number of rows (a jet whose first orders were left out passes through)."""
-VIEWS = frozenset({"_unsafe_view", "reshape"})
+VIEWS = frozenset({"_unsafe_view"})
 """Ops whose rules may return a view of their argument although ATen's schema declares no alias
-(``_unsafe_view``, as ``vmap``'s traces of ``mm`` leave it, and ``reshape``)."""
+(``_unsafe_view``, as ``vmap``'s traces of a linear layer leave it)."""
 ADDS_IN_PLACE = frozenset({"add", "sub"})
 """Ops whose rules add a constant to an argument given to them in place (``_add``)."""
 FRESH_RESULTS = frozenset(

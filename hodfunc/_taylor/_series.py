@@ -3,7 +3,8 @@
 A series is a tensor ``a`` of shape ``(K + 1, *S)`` holding normalized coefficients
 ``a[k] = (d^k/dt^k a(t))(0) / k!``: normalized coefficients neither overflow nor lose precision at
 high order (``a[k]`` of ``exp(t)`` is ``1/k!``, whereas its derivatives are all 1 and the products
-in the recurrences would carry ``k!``). Every function here returns a series of the same length.
+in the recurrences would carry ``k!``). Every function here returns a series of the same length;
+``affine``, ``ode_affine`` and ``pair_affine`` take an affine series' two rows and its order.
 
 The recurrences come from the ODE each function satisfies (Griewank and Walther, "Evaluating
 Derivatives", ch. 13). With ``y = phi(a)`` and ``y' = u a'`` where ``u`` is itself a series,
@@ -39,6 +40,8 @@ __all__ = [
     "expm1",
     "log",
     "log1p",
+    "ode_affine",
+    "pair_affine",
     "power",
     "reciprocal",
     "second_order",
@@ -61,8 +64,9 @@ def _k_weights(a: Tensor, start: int, stop: int) -> Tensor:
 
 
 _LARGE = 1 << 15
-"""Elements per coefficient above which sums run as ``addcmul`` chains (fewer memory passes);
-below it they run as one stack-multiply-sum (fewer kernel launches)."""
+"""Elements per coefficient above which sums run as ``addcmul`` chains (fewer memory passes),
+in place and into one preallocated series where allowed (``_Output``); below it they run as one
+stack-multiply-sum (fewer kernel launches)."""
 
 
 def _large(t: Tensor) -> bool:
@@ -114,6 +118,7 @@ def _square(ys: list[Tensor], m: int, scale: float = 1.0) -> Tensor:
 
 def sum_of_squares(rows: Tensor) -> Tensor:
     """``sum_i rows[i]^2`` over the leading axis (the collapsed jet's summed second order).
+    Along a dim where the rows only repeat (stride 0) the result has size 1: it broadcasts.
 
     Many large rows go through an ``addcmul`` chain: it makes no temporary the size of all rows,
     and is a third faster than squaring then summing at 50 directions x 256 units x 256 points.

@@ -304,6 +304,7 @@ def writable(t: Tensor) -> bool:
         tracing()
         or torch._C._functorch.is_functorch_wrapped_tensor(t)
         or (torch.is_grad_enabled() and t.requires_grad)
+        # a forward-mode AD level is open (torch keeps no public flag for it)
         or torch.autograd.forward_ad._current_level >= 0
     )
 
@@ -326,8 +327,10 @@ def compact(t: Tensor, *, keep: int) -> Tensor:
     as ``expand`` leaves it). A linear op that maps those dims independently can run on the
     compact view and ``expand`` its result: the directions seeded at a whole batch of points
     are the same at every point, and so are their images under the first linear layer."""
-    if transformed(t):
+    if transformed(t) or t.dim() == 0:
         return t
+    if not -t.dim() <= keep < t.dim():
+        raise IndexError(f"compact: keep={keep} is out of range for {t.dim()} dims")
     keep = keep % t.dim()
     for d in range(t.dim()):
         if d != keep and t.stride(d) == 0 and t.shape[d] > 1:
