@@ -70,6 +70,13 @@ def _coefficients_of(call: Call, out: object, ctx: Context) -> Tensor:
     return torch.cat([value.unsqueeze(0), rest])
 
 
+def _seed(x: Tensor, tail: Tensor, ctx: Context) -> Jet:
+    """The input's jet: value ``x``, next coefficients ``tail`` (the rest zeros); univariate
+    seeds ``x + t v`` are affine."""
+    affine = isinstance(ctx.algebra, Univariate)
+    return Jet(split=(x, tail), affine=affine, size=ctx.algebra.size)
+
+
 def _rules_for(bound: Bound) -> bool:
     return all(has_rule(op.split(".")[1 if "." in op else 0]) for op in bound.program.dependent_ops)
 
@@ -165,9 +172,7 @@ class TaylorEngine:
             if whole is not None:
                 return whole
         bound = self._bind(call) if bound is None else bound
-        affine = isinstance(ctx.algebra, Univariate)  # x + t v
-        size = ctx.algebra.size
-        free = Jet(split=(call.x, tail), affine=affine, size=size) if size > 1 else call.x
+        free = _seed(call.x, tail, ctx) if ctx.algebra.size > 1 else call.x
         out = run(bound.program, bound.inputs, free, ctx, first_orders=first_orders)
         return _coefficients_of(call, out, ctx)
 
@@ -192,9 +197,7 @@ class TaylorEngine:
         if not _rules_for(bound):
             self._whole_batch_works = False
             return None
-        affine = isinstance(ctx.algebra, Univariate)
-        free = Jet(split=(points, tail), affine=affine, size=ctx.algebra.size)
-        out = run(bound.program, bound.inputs, free, ctx)
+        out = run(bound.program, bound.inputs, _seed(points, tail, ctx), ctx)
         coefficients = _coefficients_of(call, out, ctx)
         return rebatch(coefficients, dim=1, level=level)
 

@@ -76,9 +76,7 @@ def _large(t: Tensor) -> bool:
 def _times(a: Tensor, b: Tensor, scale: float, out: Tensor | None = None) -> Tensor:
     """``scale * a * b`` in one pass (``addcmul`` onto a zero scalar), into ``out`` if given."""
     if scale == 1.0:
-        return torch.mul(a, b) if out is None else torch.mul(a, b, out=out)
-    if out is None:
-        return torch.addcmul(a.new_zeros(()), a, b, value=scale)
+        return torch.mul(a, b, out=out)
     return torch.addcmul(a.new_zeros(()), a, b, value=scale, out=out)
 
 
@@ -163,8 +161,7 @@ class _Output:
 
     def first(self, phi: Function, a0: Tensor) -> None:
         """Row 0: ``phi(a0)``."""
-        at = self.at(0)
-        self.rows.append(phi(a0) if at is None else phi(a0, out=at))
+        self.rows.append(phi(a0, out=self.at(0)))
 
     def series(self) -> Series:
         return stack_dense(self.rows) if self.buffer is None else self.buffer

@@ -302,7 +302,7 @@ def writable(t: Tensor) -> bool:
     differentiable, and raise on dual tensors)."""
     return not (
         tracing()
-        or torch._C._functorch.is_functorch_wrapped_tensor(t)
+        or transformed(t)
         or (torch.is_grad_enabled() and t.requires_grad)
         # a forward-mode AD level is open (torch keeps no public flag for it)
         or torch.autograd.forward_ad._current_level >= 0
