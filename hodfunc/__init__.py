@@ -22,9 +22,11 @@ if TYPE_CHECKING:
     from ._engine import Method as Method
     from ._errors import ArgumentError as ArgumentError
     from ._errors import ArgumentTypeError as ArgumentTypeError
+    from ._errors import CacheWarning as CacheWarning
     from ._errors import FallbackWarning as FallbackWarning
     from ._errors import HodfuncError as HodfuncError
     from ._errors import HodfuncWarning as HodfuncWarning
+    from ._errors import NonFunctionalError as NonFunctionalError
     from ._errors import NonFunctionalModuleError as NonFunctionalModuleError
     from ._errors import PiecewiseLinearWarning as PiecewiseLinearWarning
     from ._errors import PrecisionWarning as PrecisionWarning
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from ._jacobian import hvp as hvp
     from ._jacobian import jacobian as jacobian
     from ._per_sample import per_sample_grads as per_sample_grads
+    from ._taylor import clear_cache as clear_cache
 
 _LAZY = {
     "tune_cpu_allocator": "._allocator",
@@ -49,9 +52,11 @@ _LAZY = {
     "Method": "._engine",
     "ArgumentError": "._errors",
     "ArgumentTypeError": "._errors",
+    "CacheWarning": "._errors",
     "FallbackWarning": "._errors",
     "HodfuncError": "._errors",
     "HodfuncWarning": "._errors",
+    "NonFunctionalError": "._errors",
     "NonFunctionalModuleError": "._errors",
     "PiecewiseLinearWarning": "._errors",
     "PrecisionWarning": "._errors",
@@ -63,6 +68,7 @@ _LAZY = {
     "hvp": "._jacobian",
     "jacobian": "._jacobian",
     "per_sample_grads": "._per_sample",
+    "clear_cache": "._taylor",
 }
 
 
@@ -81,16 +87,19 @@ __version__ = "0.1.0"
 __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
+    "CacheWarning",
     "FallbackWarning",
     "HodfuncError",
     "HodfuncWarning",
     "Method",
+    "NonFunctionalError",
     "NonFunctionalModuleError",
     "PiecewiseLinearWarning",
     "PrecisionWarning",
     "ShapeError",
     "UnsupportedOperationError",
     "batched",
+    "clear_cache",
     "clipped_grad_sum",
     "derivative",
     "derivative_tensor",

@@ -9,9 +9,11 @@ from __future__ import annotations
 __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
+    "CacheWarning",
     "FallbackWarning",
     "HodfuncError",
     "HodfuncWarning",
+    "NonFunctionalError",
     "NonFunctionalModuleError",
     "PiecewiseLinearWarning",
     "PrecisionWarning",
@@ -38,7 +40,12 @@ class ShapeError(ArgumentError):
 
 
 class UnsupportedOperationError(HodfuncError, NotImplementedError):
-    """A method cannot handle an operation the function performs (for example a Taylor rule)."""
+    """A method cannot handle an operation the function performs (for example a Taylor rule).
+    ``ops`` names the operations, where known (``aten.lgamma.default``)."""
+
+    def __init__(self, text: str, ops: tuple[str, ...] = ()) -> None:
+        super().__init__(text)
+        self.ops = ops
 
 
 class NonFunctionalModuleError(HodfuncError, RuntimeError):
@@ -59,6 +66,20 @@ class PiecewiseLinearWarning(HodfuncWarning):
 
 class FallbackWarning(HodfuncWarning):
     """``method="auto"`` fell back from a fast method to nested torch.func."""
+
+
+class CacheWarning(HodfuncWarning):
+    """A Taylor-mode trace cannot be cached soundly, so the function is traced on every call."""
+
+
+class NonFunctionalError(HodfuncError, RuntimeError):
+    """The function is not a function of its tensors alone: it reads a tensor's value into Python
+    (``.item()``, ``float(x)``, ``if x > 0``) or draws random numbers, so no method can give its
+    derivative. ``ops`` names what it did."""
+
+    def __init__(self, text: str, ops: tuple[str, ...] = ()) -> None:
+        super().__init__(text)
+        self.ops = ops
 
 
 def message(api: str, rule: str, value: object, fix: str = "") -> str:

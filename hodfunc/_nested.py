@@ -11,6 +11,7 @@ path. The cost doubles with each order; that is the baseline the Taylor engine i
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import torch
@@ -18,8 +19,13 @@ from torch import Tensor
 from torch.func import jacrev, jvp, vmap
 
 from ._call import Call
+from ._functional import Guard, guard
 
 Fn = Callable[[Tensor], Tensor]
+
+FORWARD_AD = threading.RLock()
+"""Held while a nest runs: torch's forward-mode AD levels are process-wide, so two threads nesting
+``jvp`` at once corrupt each other's levels ("forward AD level with an invalid index")."""
 
 
 def value_and_directional(g: Fn, v: Tensor) -> Fn:
@@ -89,15 +95,25 @@ class NestedEngine:
     """Nested ``torch.func`` forward mode: exact, general, exponential in the order."""
 
     def jet(self, call: Call, v: Tensor, order: int) -> Tensor:
-        return jet_fn(call.at, v, order)(call.x)
+        with FORWARD_AD, guard(call.api) as watch:
+            return jet_fn(_watched(call, watch), v, order)(call.x)
 
     def partial(self, call: Call, wrt: tuple[int, ...]) -> Tensor:
-        return partial_fn(call.at, call.x, wrt)(call.x)
+        with FORWARD_AD, guard(call.api) as watch:
+            return partial_fn(_watched(call, watch), call.x, wrt)(call.x)
 
     def laplacian(self, call: Call) -> Tensor:
         x = call.x
 
-        def second(e: Tensor) -> Tensor:
-            return jet_fn(call.at, e, 2)(x)[2]
+        with FORWARD_AD, guard(call.api) as watch:
+            at = _watched(call, watch)
 
-        return vmap(second)(basis(x)).sum(0)
+            def second(e: Tensor) -> Tensor:
+                return jet_fn(at, e, 2)(x)[2]
+
+            return vmap(second)(basis(x)).sum(0)
+
+
+def _watched(call: Call, watch: Guard) -> Fn:
+    """``call.at`` with its argument tainted: the guard follows what depends on it."""
+    return lambda x: call.at(watch.taint(x))

@@ -9,7 +9,8 @@ Every quantity is one propagation of the traced program in one of the algebras o
 - ``laplacian``: one collapsed propagation carrying all first-order directions and the summed
   second-order coefficient.
 
-Engines are built once per transform, so the trace cache and the warn-once flags are per transform.
+Engines are built once per transform, so the warn-once flags are per transform; the trace cache
+(``_trace.SHARED``) is shared by all of them.
 """
 
 from __future__ import annotations
@@ -23,19 +24,27 @@ from torch import Tensor
 from torch.utils import _pytree as pytree
 
 from .._call import Call
-from .._errors import FallbackWarning, PiecewiseLinearWarning, UnsupportedOperationError, message
+from .._errors import (
+    CacheWarning,
+    FallbackWarning,
+    PiecewiseLinearWarning,
+    UnsupportedOperationError,
+    message,
+)
+from .._functional import random_error, scalar_read_error
 from .._nested import NestedEngine, basis, unit
 from .._validate import check_output
 from ._algebra import Collapsed, Univariate
 from ._interpret import run
 from ._mixed import interpolation
+from ._reach import Opaque, Reach
 from ._rules import Context, Jet, has_rule
 from ._trace import (
+    SHARED,
     Bound,
-    TraceCache,
     batch_at,
-    captured_tensors,
     innermost_batch,
+    reach_of,
     rebatch,
     tracing,
     transformed,
@@ -77,14 +86,17 @@ def _seed(x: Tensor, tail: Tensor, ctx: Context) -> Jet:
     return Jet(split=(x, tail), affine=affine, size=ctx.algebra.size)
 
 
+_SCALAR_READ = "aten._local_scalar_dense"
+
+
 def _rules_for(bound: Bound) -> bool:
     return all(has_rule(op.split(".")[1 if "." in op else 0]) for op in bound.program.dependent_ops)
 
 
-def _whole_batch(call: Call, tail: Tensor) -> tuple[Tensor, Tensor, int] | None:
-    """``(points, tail, level)`` when the point is batched by the innermost ``vmap`` and nothing
-    else is wrapped by any transform: the propagation may then run once on the whole batch of
-    points, in plain tensors, and hand back its result batched at that ``vmap``'s level.
+def _whole_batch(call: Call, tail: Tensor) -> tuple[Tensor, Tensor, int, Reach] | None:
+    """``(points, tail, level, reached)`` when the point is batched by the innermost ``vmap``
+    and nothing else is wrapped by any transform: the propagation may then run once on the whole
+    batch of points, in plain tensors, and hand back its result batched at that ``vmap``'s level.
 
     Inside ``vmap`` every op pays for its batching rule, and a coefficient of a batched jet is a
     strided slice; on the whole batch the coefficients are dense and the ops plain (a third
@@ -102,7 +114,8 @@ def _whole_batch(call: Call, tail: Tensor) -> tuple[Tensor, Tensor, int] | None:
     points, level = batch
     rest = (*call.args[: call.argnum], *call.args[call.argnum + 1 :], dict(call.kwargs))
     others = [t for t in pytree.tree_leaves(rest) if isinstance(t, Tensor)]
-    others += captured_tensors(call.fn)
+    reached = reach_of(call.fn, call.args, call.kwargs)
+    others += reached.tensors
     if any(transformed(t) or t.requires_grad for t in others):
         return None  # (x itself passed again counts: it is batched)
     if transformed(tail):
@@ -114,23 +127,47 @@ def _whole_batch(call: Call, tail: Tensor) -> tuple[Tensor, Tensor, int] | None:
         tail = tail.unsqueeze(1).expand(tail.shape[0], *points.shape)
     if points.requires_grad or tail.requires_grad:
         return None
-    return points, tail, level
+    return points, tail, level, reached
 
 
-class TaylorEngine:
+class TaylorEngine(Opaque):
     """Taylor-mode AD on a cached ``make_fx`` trace: O(K^2) per nonlinear op."""
 
     def __init__(self) -> None:
-        self._cache = TraceCache()
         self._warned_piecewise = False
+        self._warned_uncacheable = False
         self._whole_batch_works = True
 
+    def _warn_uncacheable(self, api: str, reached: Reach) -> None:
+        if not reached.uncacheable or self._warned_uncacheable:
+            return
+        self._warned_uncacheable = True
+        warnings.warn(
+            message(
+                api,
+                "Taylor mode caches a trace only when it can see every Python value the function "
+                "reads, and here it cannot, so it traces the function on every call (correct, "
+                "but slow)",
+                reached.uncacheable,
+                "Pass that value as an argument, or hold it in a number, tuple, dict, list, "
+                "tensor or nn.Module attribute.",
+            ),
+            CacheWarning,
+            stacklevel=5,
+        )
+
     def _bind(self, call: Call) -> Bound:
-        bound = self._cache.bind(call.api, call.fn, call.args, call.kwargs, call.argnum)
+        reached = reach_of(call.fn, call.args, call.kwargs)
+        self._warn_uncacheable(call.api, reached)
+        bound = SHARED.bind(call.api, call.fn, call.args, call.kwargs, call.argnum, reached=reached)
+        program = bound.program
+        if program.random_ops:
+            raise random_error(call.api, ", ".join(sorted(program.random_ops)))
+        reads = sorted(op for op in program.dependent_ops if op.startswith(_SCALAR_READ))
+        if reads:
+            raise scalar_read_error(call.api, f"{reads[0]} (.item(), float() or .tolist())")
         missing = sorted(
-            op
-            for op in bound.program.dependent_ops
-            if not has_rule(op.split(".")[1 if "." in op else 0])
+            op for op in program.dependent_ops if not has_rule(op.split(".")[1 if "." in op else 0])
         )
         if missing:
             raise UnsupportedOperationError(
@@ -140,7 +177,8 @@ class TaylorEngine:
                     f"and {missing[0]} has none",
                     f"operations without a rule: {', '.join(missing)}",
                     'Use method="auto" (falls back to nested torch.func) or method="nested".',
-                )
+                ),
+                tuple(missing),
             )
         return bound
 
@@ -185,11 +223,12 @@ class TaylorEngine:
         whole = _whole_batch(call, tail) if self._whole_batch_works else None
         if whole is None:
             return None
-        points, tail, level = whole
+        points, tail, level, reached = whole
         args = (*call.args[: call.argnum], points, *call.args[call.argnum + 1 :])
+        self._warn_uncacheable(call.api, reached)
         try:
-            bound = self._cache.bind(
-                call.api, call.fn, args, call.kwargs, call.argnum, batched=True
+            bound = SHARED.bind(
+                call.api, call.fn, args, call.kwargs, call.argnum, batched=True, reached=reached
             )
         except UnsupportedOperationError:  # e.g. randomness under vmap: the per-point path decides
             self._whole_batch_works = False
@@ -269,7 +308,7 @@ class TaylorEngine:
         return 2 * coefficients[1]
 
 
-class AutoEngine:
+class AutoEngine(Opaque):
     """Taylor mode where every op has a rule; otherwise nested torch.func, with one warning."""
 
     def __init__(self) -> None:
@@ -277,36 +316,48 @@ class AutoEngine:
         self._nested = NestedEngine()
         self._warned = False
 
-    def _fallback(self, call: Call, error: UnsupportedOperationError) -> NestedEngine:
+    def _warn(self, call: Call, error: UnsupportedOperationError) -> None:
+        """Warn once, after the nested method gave its answer (a fallback that raised did not
+        happen)."""
         if not self._warned:
             self._warned = True
+            what = (
+                f"operations without a Taylor rule: {', '.join(error.ops)}"
+                if error.ops
+                else "a function Taylor mode cannot trace (data-dependent control flow)"
+            )
             warnings.warn(
                 message(
                     call.api,
                     'method="auto" uses Taylor mode only where it applies; falling back to nested '
                     "torch.func (exact, slower at high order)",
-                    str(error).split(", got ")[-1].rstrip("."),
+                    what,
                     'Pass method="nested" to silence this, or method="taylor" to get the error.',
                 ),
                 FallbackWarning,
                 stacklevel=4,
             )
-        return self._nested
 
     def jet(self, call: Call, v: Tensor, order: int) -> Tensor:
         try:
             return self._taylor.jet(call, v, order)
         except UnsupportedOperationError as error:
-            return self._fallback(call, error).jet(call, v, order)
+            result = self._nested.jet(call, v, order)
+            self._warn(call, error)
+            return result
 
     def partial(self, call: Call, wrt: tuple[int, ...]) -> Tensor:
         try:
             return self._taylor.partial(call, wrt)
         except UnsupportedOperationError as error:
-            return self._fallback(call, error).partial(call, wrt)
+            result = self._nested.partial(call, wrt)
+            self._warn(call, error)
+            return result
 
     def laplacian(self, call: Call) -> Tensor:
         try:
             return self._taylor.laplacian(call)
         except UnsupportedOperationError as error:
-            return self._fallback(call, error).laplacian(call)
+            result = self._nested.laplacian(call)
+            self._warn(call, error)
+            return result

@@ -22,13 +22,17 @@ The trace's two known pitfalls are handled here:
 - Closed-over tensors. ``make_fx`` turns a tensor the function closes over into a graph constant.
   Under ``torch.func.grad`` that constant is an unwrapped copy, so gradients would silently vanish;
   and a transform built once would keep using stale tensors after the closure changed. So the
-  tensors a function captures (closure cells, referenced globals, ``functools.partial`` arguments,
-  parameters and buffers of modules among them) are *lifted to graph inputs*: during tracing a
-  ``TorchFunctionMode`` swaps each for a placeholder, and every call passes the current ones. A
-  functorch-wrapped tensor the scan did not find makes tracing fail loudly instead of silently.
-- Re-tracing. Traces are cached per transform, keyed by the shapes, dtypes and devices of every
-  tensor argument and captured tensor, the non-tensor arguments and the argument structure; under
-  ``vmap`` the key uses per-sample shapes. ``TRACES`` counts traces so tests can check it.
+  tensors a function can reach (``_reach``: closure cells, referenced globals, ``functools.partial``
+  arguments, attributes of objects, parameters and buffers of modules) are *lifted to graph
+  inputs*: during tracing a ``TorchFunctionMode`` swaps each for a placeholder, and every call
+  passes the current ones. A functorch-wrapped tensor the walk did not find makes tracing fail
+  loudly instead of silently.
+- Stale traces. A trace bakes in every Python value the function read. The cache key holds the
+  shapes, dtypes and devices of every tensor argument and reached tensor, the argument structure
+  and everything ``_reach`` collects (code objects, numbers, flags, ``module.training``...); under
+  ``vmap`` it uses per-sample shapes. A function the walk cannot see through is traced on every
+  call. One cache (``SHARED``) serves every transform, bounded, locked for threads, and cleared by
+  ``hodfunc.clear_cache()``. ``TRACES`` counts traces so tests can check it.
 """
 
 from __future__ import annotations
@@ -36,20 +40,33 @@ from __future__ import annotations
 import contextlib
 import functools
 import operator
-import types
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from .._allocator import empty_result
 from .._errors import UnsupportedOperationError, message
+from .._functional import RANDOM_ATEN
+from ._reach import Reach, reach
 
-__all__ = ["TRACES", "Instruction", "Program", "Ref", "TraceCache", "physical_numel", "tracing"]
+__all__ = [
+    "SHARED",
+    "TRACES",
+    "Instruction",
+    "Program",
+    "Ref",
+    "TraceCache",
+    "physical_numel",
+    "reach_of",
+    "tracing",
+]
 
 TRACES = [0]
 """How many traces this process made (a one-element list so tests can read it)."""
@@ -137,54 +154,11 @@ class Program:
     output: object
     n_slots: int
     dependent_ops: frozenset[str] = field(default_factory=frozenset)
+    random_ops: frozenset[str] = field(default_factory=frozenset)
+    """Ops that draw random numbers, anywhere in the program (``_functional.RANDOM_ATEN``)."""
     releases: tuple[tuple[int, ...], ...] = ()
     """Per instruction, the slots read for the last time there (or never read): the interpreter
     drops them after it, so an intermediate's memory is reused instead of held to the end."""
-
-
-def _tensors_in(obj: object, out: dict[int, Tensor], depth: int) -> None:
-    """Collect tensors reachable from ``obj`` through the containers a closure commonly holds."""
-    if depth > 3:
-        return
-    if isinstance(obj, Tensor):
-        out.setdefault(id(obj), obj)
-    elif isinstance(obj, nn.Module):
-        for p in obj.parameters():
-            out.setdefault(id(p), p)
-        for b in obj.buffers():
-            out.setdefault(id(b), b)
-    elif isinstance(obj, (list, tuple)):
-        for item in obj:
-            _tensors_in(item, out, depth + 1)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            _tensors_in(item, out, depth + 1)
-    elif isinstance(obj, functools.partial):
-        _tensors_in(obj.func, out, depth + 1)
-        _tensors_in(obj.args, out, depth + 1)
-        _tensors_in(obj.keywords, out, depth + 1)
-    elif isinstance(obj, types.MethodType):
-        _tensors_in(obj.__self__, out, depth + 1)
-        _tensors_in(obj.__func__, out, depth + 1)
-    elif isinstance(obj, types.FunctionType):
-        for cell in obj.__closure__ or ():
-            try:
-                content = cell.cell_contents
-            except ValueError:  # an empty cell
-                continue
-            _tensors_in(content, out, depth + 1)
-        for name in obj.__code__.co_names:
-            value = obj.__globals__.get(name)
-            if isinstance(value, (Tensor, nn.Module)):
-                _tensors_in(value, out, depth + 1)
-        _tensors_in(obj.__defaults__ or (), out, depth + 1)
-
-
-def captured_tensors(fn: object) -> tuple[Tensor, ...]:
-    """The tensors ``fn`` can reach without being passed them, in a stable order."""
-    found: dict[int, Tensor] = {}
-    _tensors_in(fn, found, 0)
-    return tuple(found.values())
 
 
 class _Lift(TorchFunctionMode):
@@ -442,14 +416,6 @@ def _signature(t: Tensor) -> tuple[object, ...]:
     return (tuple(t.shape), t.dtype, t.device)
 
 
-def _hashable(obj: Hashable | object) -> Hashable:
-    try:
-        hash(obj)
-    except TypeError:
-        return ("id", id(obj))
-    return obj
-
-
 def _example(t: Tensor) -> Tensor:
     return torch.zeros(t.shape, dtype=t.dtype, device=t.device)
 
@@ -493,6 +459,7 @@ def _compile(gm: torch.fx.GraphModule, x_slot: int) -> Program:
     instructions: list[Instruction] = []
     depends: set[int] = set()
     dependent_ops: set[str] = set()
+    random_ops: set[str] = set()
     output: object = None
     n_inputs = 0
 
@@ -540,6 +507,8 @@ def _compile(gm: torch.fx.GraphModule, x_slot: int) -> Program:
             )
             if dep:
                 dependent_ops.add(instruction.qualified)
+            if name.rstrip("_") in RANDOM_ATEN:
+                random_ops.add(instruction.qualified)
             instructions.append(instruction)
         elif node.op == "output":
             output = _refs(node.args[0], ref)
@@ -551,6 +520,7 @@ def _compile(gm: torch.fx.GraphModule, x_slot: int) -> Program:
         output,
         len(slots),
         frozenset(dependent_ops),
+        frozenset(random_ops),
         _releases(instructions, output),
     )
 
@@ -579,19 +549,46 @@ class Bound:
     inputs: tuple[Tensor, ...]
 
 
+_TRACE_LOCK = threading.RLock()
+"""Held while tracing and while a cache is read or written: ``make_fx`` keeps global state, so
+two threads must not trace at once (re-entrant: a Taylor transform may run inside a trace)."""
+
+
+def reach_of(
+    fn: Callable[..., object], args: tuple[object, ...], kwargs: Mapping[str, object]
+) -> Reach:
+    """What a call's function and non-tensor arguments can reach (``_reach``)."""
+    leaves = pytree.tree_leaves((args, dict(kwargs)))
+    return reach(fn, [leaf for leaf in leaves if not isinstance(leaf, Tensor)])
+
+
 class TraceCache:
-    """Traces of one transform's function, keyed by everything a trace depends on.
+    """Traces keyed by everything a trace depends on (module docstring), least recently used
+    dropped first.
 
     Traces of a whole batch (``batched=True``, one per batch size) are kept for the last
-    ``BATCH_SIZES_KEPT`` sizes only: a loop over ever-changing batch sizes must not grow the cache
+    ``batch_sizes_kept`` sizes only: a loop over ever-changing batch sizes must not grow the cache
     without bound.
     """
 
     BATCH_SIZES_KEPT = 8
+    PROGRAMS_KEPT = 256
 
-    def __init__(self) -> None:
-        self._programs: dict[Hashable, Program] = {}
-        self._batched: dict[Hashable, Program] = {}  # insertion order = age
+    def __init__(
+        self, *, programs_kept: int = PROGRAMS_KEPT, batch_sizes_kept: int = BATCH_SIZES_KEPT
+    ) -> None:
+        self._programs: OrderedDict[Hashable, Program] = OrderedDict()
+        self._batched: OrderedDict[Hashable, Program] = OrderedDict()
+        self._kept = {False: programs_kept, True: batch_sizes_kept}
+
+    def clear(self) -> None:
+        """Forget every trace."""
+        with _TRACE_LOCK:
+            self._programs.clear()
+            self._batched.clear()
+
+    def __len__(self) -> int:
+        return len(self._programs) + len(self._batched)
 
     def bind(
         self,
@@ -602,36 +599,46 @@ class TraceCache:
         argnum: int,
         *,
         batched: bool = False,
+        reached: Reach | None = None,
     ) -> Bound:
         """The program for this call (traced on first use) and the tensors to feed it.
 
         ``batched``: ``args[argnum]`` holds a batch of points along dim 0, and the program is
-        ``vmap`` of ``fn`` over them (the other arguments shared).
+        ``vmap`` of ``fn`` over them (the other arguments shared). ``reached``: this call's
+        ``reach_of``, when the caller has it already. A function that ``reached.uncacheable``
+        is traced afresh (the caller warns).
         """
         leaves, spec = pytree.tree_flatten((args, dict(kwargs)))
         before = len(pytree.tree_leaves(args[:argnum]))
         tensor_pos = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
         x_slot = tensor_pos.index(before)
         tensors = tuple(cast("Tensor", leaves[i]) for i in tensor_pos)
-        argument_ids = {id(t) for t in tensors}
-        captured = tuple(t for t in captured_tensors(fn) if id(t) not in argument_ids)
+        if reached is None:
+            reached = reach_of(fn, args, kwargs)
+        argument = {id(t): i for i, t in enumerate(tensors)}
+        # a reached tensor that is also an argument stays what the function reads (a constant)
+        captured = tuple(t for t in reached.tensors if id(t) not in argument)
         key = (
             batched,
             spec,
             x_slot,
             tuple(_signature(t) for t in tensors),
-            tuple(_hashable(leaf) for leaf in leaves if not isinstance(leaf, Tensor)),
-            tuple(_signature(t) for t in captured),
+            reached.key,
+            tuple(argument.get(id(t), -1) for t in reached.tensors),
         )
         programs = self._batched if batched else self._programs
-        program = programs.get(key)
-        if program is None:
-            program = self._trace(
-                api, fn, leaves, spec, tensor_pos, captured, x_slot, argnum if batched else None
-            )
-            programs[key] = program
-            if batched and len(programs) > self.BATCH_SIZES_KEPT:
-                del programs[next(iter(programs))]
+        with _TRACE_LOCK:
+            program = None if reached.uncacheable else programs.get(key)
+            if program is None:
+                program = self._trace(
+                    api, fn, leaves, spec, tensor_pos, captured, x_slot, argnum if batched else None
+                )
+                if not reached.uncacheable:
+                    programs[key] = program
+                    if len(programs) > self._kept[batched]:
+                        programs.popitem(last=False)
+            else:
+                programs.move_to_end(key)
         return Bound(program, tensors + captured)
 
     @staticmethod
@@ -668,7 +675,7 @@ class TraceCache:
             return torch.func.vmap(point)(call_args[batch_argnum])
 
         TRACES[0] += 1
-        with _outside_functorch():
+        with _TRACE_LOCK, _outside_functorch():
             examples = [_example(cast("Tensor", leaves[i])) for i in tensor_pos]
             examples += [_example(c) for c in captured]
             try:
@@ -691,3 +698,8 @@ class TraceCache:
                     )
                 ) from error
         return _compile(gm, x_slot)
+
+
+SHARED = TraceCache(programs_kept=512, batch_sizes_kept=64)
+"""The one cache every Taylor-mode transform uses: a transform rebuilt on every call (inside a
+loss) finds the trace of the last one."""
