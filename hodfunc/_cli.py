@@ -3,8 +3,10 @@
 ``derive`` prints a table of derivatives at a few points (or JSON) and can draw them; ``eval``
 reads points from a file, evaluates through ``hodfunc.batched`` and writes the values back. The
 expression is parsed by ``hodfunc._expr`` against an allow-list before torch is imported, so bad
-input is refused quickly. Every user error exits with status 2 and one line on stderr,
-``hodfunc: error: ...``; internal errors are bugs and keep their traceback.
+input is refused quickly. Every user error (argparse's usage errors too) exits with status 2 and
+one line on stderr, ``hodfunc: error: ...``; internal errors are bugs and keep their traceback.
+Output files are checked before anything is computed and written atomically
+(``hodfunc._points.atomic_file``), so a failed run never damages an existing file.
 """
 
 from __future__ import annotations
@@ -101,7 +103,24 @@ class _Methods(Sequence[str]):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with an exit status returned to ``main`` instead of ``sys.exit``."""
+    """argparse with an exit status returned to ``main`` instead of ``sys.exit``, and usage
+    errors on one line, ``hodfunc: error: ...``, like every other error (no usage block)."""
+
+    commands: dict[str, argparse.ArgumentParser]
+    """The sub-command parsers, so an unknown option is reported with its command's help."""
+
+    def parse(self, argv: Sequence[str] | None) -> argparse.Namespace:
+        """``parse_args``, but an unknown option is reported by its command's parser."""
+        args, extra = self.parse_known_args(argv)
+        if extra:
+            self.commands.get(args.command, self).error(
+                f"unrecognized arguments: {' '.join(extra)}"
+            )
+        return args
+
+    def error(self, message: str) -> NoReturn:
+        hint = f"Run '{self.prog} --help' for the options."
+        self.exit(2, f"hodfunc: error: {_one_line(message)}. {hint}\n")
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
         if message:
@@ -149,7 +168,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> _Parser:
     parser = _Parser(
         prog="hodfunc",
         description="Derivatives of any order in PyTorch.",
@@ -157,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser(
+    demo = sub.add_parser(
         "demo",
         help="replay the seed documents' examples: printed vs functional vs imperative",
         description="Replay every example of the seed documents and compare the values they "
@@ -221,18 +240,19 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--quiet", "-q", action="store_true", help="no progress bar and no summary line"
     )
+    parser.commands = {"demo": demo, "derive": derive, "eval": ev}
     return parser
 
 
 def _check_order(order: int) -> int:
     if not 0 <= order <= MAX_ORDER:
+        fix = (
+            f"Use --order {MAX_ORDER} or lower."
+            if order > MAX_ORDER
+            else "K is the highest order computed: --order 1 gives f and f', --order 2 adds f''."
+        )
         raise ArgumentError(
-            message(
-                "--order",
-                f"the order must be between 0 and {MAX_ORDER}",
-                order,
-                "For a gradient use --order 1.",
-            )
+            message("--order", f"the order must be between 0 and {MAX_ORDER}", order, fix)
         )
     return order
 
@@ -420,7 +440,7 @@ def _derive(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ._points import file_format, read_points, write_values
+    from ._points import check_writable, file_format, read_points, write_values
 
     order = _check_order(args.order)
     _check_method_order(args.method, order)
@@ -432,6 +452,8 @@ def _eval(args: argparse.Namespace) -> int:
         )
     file_format(args.points, "--points")
     file_format(args.out, "--out")
+    _check_not_input(args.out, args.points)
+    check_writable(args.out, "--out")  # before the computing, which may take minutes
     expr = parse(args.expr, check_var(args.var))
     if args.method == "imperative":
         raise ArgumentError(
@@ -464,12 +486,7 @@ def _eval(args: argparse.Namespace) -> int:
         expr, points, order, args.method, args.dtype, chunk_size=args.chunk_size, progress=progress
     )
     seconds = time.perf_counter() - start
-    try:
-        write_values(args.out, values, [f"d{k}" for k in range(order + 1)], "--out")
-    except OSError as err:
-        raise ArgumentError(
-            message("--out", "the file cannot be written", _os_error(err))
-        ) from None
+    write_values(args.out, values, [f"d{k}" for k in range(order + 1)], "--out")
     if args.json:
         doc = {
             "expression": expr.text,
@@ -490,6 +507,29 @@ def _eval(args: argparse.Namespace) -> int:
             f"in {seconds:.2f} s"
         )
     return 0
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether paths ``a`` and ``b`` name one file: equal once resolved (symlinks, ``..``), or the
+    same inode when both exist (hard links, case-insensitive file systems)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def _check_not_input(out: str, points: str) -> None:
+    if _same_file(out, points):
+        raise ArgumentError(
+            message(
+                "--out",
+                "the output must not overwrite the input",
+                f"--out {out!r} and --points {points!r}, the same file",
+                "Choose another --out.",
+            )
+        )
 
 
 def _os_error(err: OSError) -> str:
@@ -528,7 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         0
     """
     try:
-        args = _parser().parse_args(argv)
+        args = _parser().parse(argv)
     except _ExitError as done:
         return done.status
     if args.command == "demo":

@@ -2,7 +2,8 @@
 
 matplotlib is an optional extra (``pip install "hodfunc[plot]"``). It is imported only here, only
 when a plot is asked for, and used through its object API with the Agg canvas: no ``pyplot``, no
-change to the caller's backend, rcParams or style.
+change to the caller's backend, rcParams or style. The picture is written atomically
+(``hodfunc._points.atomic_file``): a failed write leaves the previous file as it was.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ._errors import ArgumentError, message
+from ._points import atomic_file, check_writable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,7 +37,8 @@ def order_label(k: int) -> str:
 
 
 def check_plot_path(path: str, api: str = "--plot") -> None:
-    """Raise unless ``path`` has a known image extension and its folder exists.
+    """Raise unless ``path`` can take a picture: a known image extension, a writable folder, not
+    a folder itself, and matplotlib installed. Called before anything is computed.
 
     >>> check_plot_path("f.png")
     """
@@ -49,9 +52,8 @@ def check_plot_path(path: str, api: str = "--plot") -> None:
                 "Use e.g. --plot derivatives.png.",
             )
         )
-    folder = os.path.dirname(path) or "."
-    if not os.path.isdir(folder):
-        raise ArgumentError(message(api, "the folder for the picture must exist", repr(folder)))
+    check_writable(path, api)
+    _matplotlib(api)
 
 
 def _matplotlib(api: str) -> None:
@@ -91,7 +93,8 @@ def plot_derivatives(
         mark_values: ``(N, K+1)`` derivatives at ``marks``.
 
     Raises:
-        ArgumentError: matplotlib is missing (the message says how to install it).
+        ArgumentError: matplotlib is missing (the message says how to install it), or the file
+            cannot be written (the previous file, if any, is left as it was).
     """
     _matplotlib(api)
     import numpy as np
@@ -123,7 +126,9 @@ def plot_derivatives(
     axes[0].set_title(f"f({var}) = {title}", fontsize=11)
     if marks is not None and marks.size:
         axes[0].legend(loc="best", fontsize=8)
-    fig.savefig(path, dpi=100)  # explicit: a user matplotlibrc may set savefig.dpi
+    ext = os.path.splitext(path)[1].lower()
+    with atomic_file(path, api) as fh:
+        fig.savefig(fh, format=ext[1:], dpi=100)  # explicit: a user matplotlibrc may set the dpi
 
 
 def _tex_label(k: int, var: str) -> str:
@@ -132,4 +137,5 @@ def _tex_label(k: int, var: str) -> str:
         return f"f({var})"
     if k <= 3:
         return order_label(k) + f"({var})"
-    return f"$d^{{{k}}}f/d{var}^{{{k}}}$"
+    tex = var.replace("_", r"\_")  # mathtext reads x_1_2 as a double subscript
+    return f"$d^{{{k}}}f/d{tex}^{{{k}}}$"

@@ -244,7 +244,7 @@ BAD_ARGS: dict[str, tuple[list[str], str, Callable[[Path], None] | None]] = {
     "eval-chunk": (["eval", "x", "--points", "p.npy", "--order", "1", "--out", "v.npy",
                     "--chunk-size", "0"], "--chunk-size", None),
     "eval-out-folder": (["eval", "x", "--points", "p.npy", "--order", "1", "--out", "no/v.npy"],
-                        "cannot be written", _write("p.npy", lambda p: np.save(p, np.zeros(3)))),
+                        "folder for the output must exist", _write("p.npy", lambda p: np.save(p, np.zeros(3)))),
     "hostile-expr": (["derive", "__import__('os').system('touch pwned')", "--at", "1",
                       "--order", "1"], "EXPR", None),
 }  # fmt: skip
@@ -268,22 +268,54 @@ def test_user_errors_exit_2_with_one_line(
     assert sorted(tmp_path.iterdir()) == before  # no output file, no side effect
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["derive", "x", "--at", "1"],  # --order missing
-        ["derive", "x", "--at", "1", "--order", "two"],
-        ["derive", "x", "--at", "1", "--order", "1", "--method", "magic"],
-        ["derive", "x", "--at", "1", "--order", "1", "--dtype", "int64"],
-        ["frobnicate"],
-    ],
-)
-def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+USAGE_ERRORS: dict[str, tuple[list[str], str]] = {
+    "order-missing": (["derive", "x", "--at", "1"], "required: --order/-k"),
+    "order-no-value": (["derive", "x", "--at", "1", "--order"], "expected one argument"),
+    "order-word": (["derive", "x", "--at", "1", "--order", "two"], "invalid int value: 'two'"),
+    "order-float": (["derive", "x", "--at", "1", "--order", "1.5"], "invalid int value: '1.5'"),
+    "method": (["derive", "x", "--at", "1", "--order", "1", "--method", "magic"], "'magic'"),
+    "dtype": (["derive", "x", "--at", "1", "--order", "1", "--dtype", "int64"], "'int64'"),
+    "unknown-option": (["derive", "x", "--at", "1", "--order", "1", "--frob"], "--frob"),
+    "eval-no-out": (["eval", "x", "--points", "p.npy", "--order", "1"], "--out"),
+    "command": (["frobnicate"], "invalid choice: 'frobnicate'"),
+    "no-command": ([], "required: COMMAND"),
+}
+
+
+@pytest.mark.parametrize(("argv", "match"), USAGE_ERRORS.values(), ids=USAGE_ERRORS.keys())
+def test_usage_errors_exit_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], match: str
+) -> None:
+    # issue 10, item 13: argparse printed its usage block and "hodfunc derive: error: ..."
     status, out, err = run(capsys, *argv)
-    assert status == 2
-    assert out == ""
-    assert "error:" in err
-    assert "Traceback" not in err
+    assert_one_error_line(status, out, err, match)
+    command = f"hodfunc {argv[0]}" if argv and argv[0] in ("derive", "eval") else "hodfunc"
+    assert err.rstrip().endswith(f"Run '{command} --help' for the options."), err
+
+
+@pytest.mark.parametrize(
+    ("order", "fix"),
+    [("171", "Use --order 30 or lower."), (str(MAX_ORDER + 1), "Use --order 30 or lower."),
+     ("-1", "K is the highest order computed: --order 1 gives f and f'")],
+)  # fmt: skip
+def test_order_out_of_range_suggests_a_fitting_order(
+    capsys: pytest.CaptureFixture[str], order: str, fix: str
+) -> None:
+    # issue 10, item 13: --order 171 was told "For a gradient use --order 1."
+    status, out, err = run(capsys, "derive", "x", "--at", "1", "--order", order)
+    assert_one_error_line(status, out, err, f"between 0 and {MAX_ORDER}, got {order}. {fix}")
+    assert "gradient" not in err
+
+
+def test_plot_of_a_variable_with_underscores(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # its order-4 label was read by mathtext as a double subscript: a 30-line traceback
+    path = tmp_path / "f.png"
+    status, _, err = run(capsys, "derive", "x_1_2**5", "--var", "x_1_2", "--order", "4", "--plot",
+                         str(path))  # fmt: skip
+    assert (status, err) == (0, f"hodfunc: wrote {path}\n")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_help_lists_methods_and_examples(capsys: pytest.CaptureFixture[str]) -> None:
