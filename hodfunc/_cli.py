@@ -67,9 +67,12 @@ examples:
   hodfunc eval "log(1+x**2)" --points points.csv --order 2 --out values.csv --dtype float32
 
 Points: a .npy array of shape (N,) or (N, 1), or a .csv file with one number per line and an
-optional header. Values: shape (N, K+1), column k the k-th derivative; a .csv gets the header
-d0,d1,...,dK. Use .npy for millions of points. Peak memory is about that of the output twice
-plus --chunk-size points of working memory.
+optional header line that starts with a letter (blank lines and # comments are skipped; any
+other line that is not a finite number refuses the file, naming its line). Values: shape
+(N, K+1), column k the k-th derivative; a .csv gets the header d0,d1,...,dK. --out is checked
+before computing, must not be --points, and is replaced atomically: a failed run leaves an
+existing file as it was. Use .npy for millions of points. Peak memory is about that of the
+output twice plus --chunk-size points of working memory.
 """
 
 

@@ -244,7 +244,8 @@ BAD_ARGS: dict[str, tuple[list[str], str, Callable[[Path], None] | None]] = {
     "eval-chunk": (["eval", "x", "--points", "p.npy", "--order", "1", "--out", "v.npy",
                     "--chunk-size", "0"], "--chunk-size", None),
     "eval-out-folder": (["eval", "x", "--points", "p.npy", "--order", "1", "--out", "no/v.npy"],
-                        "folder for the output must exist", _write("p.npy", lambda p: np.save(p, np.zeros(3)))),
+                        "folder for the output must exist",
+                        _write("p.npy", lambda p: np.save(p, np.zeros(3)))),
     "hostile-expr": (["derive", "__import__('os').system('touch pwned')", "--at", "1",
                       "--order", "1"], "EXPR", None),
 }  # fmt: skip

@@ -181,6 +181,16 @@ def test_seed_table_and_json(tmp_path: Path) -> None:
     assert doc["derivatives"] == [[-16.0, 24.0, -24.0, 12.0, 0.0], [0.25, 1.5, 6.0, 12.0, 0.0]]
 
 
+def test_usage_error_is_one_line(tmp_path: Path) -> None:
+    # issue 10, item 13: argparse printed a usage block of four lines before its error
+    result = hodfunc("derive", "x", "--at", "1", "--order", cwd=tmp_path)
+    assert (result.status, result.out) == (2, "")
+    assert result.err == (
+        "hodfunc: error: argument --order/-k: expected one argument. "
+        "Run 'hodfunc derive --help' for the options.\n"
+    )
+
+
 def test_closed_pipe_stops_quietly(tmp_path: Path) -> None:
     at = [str(i / 10) for i in range(3000)]  # a table larger than a pipe's buffer
     proc = subprocess.Popen(
