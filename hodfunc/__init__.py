@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ._errors import ArgumentError as ArgumentError
     from ._errors import ArgumentTypeError as ArgumentTypeError
     from ._errors import CacheWarning as CacheWarning
+    from ._errors import CompileError as CompileError
     from ._errors import FallbackWarning as FallbackWarning
     from ._errors import HodfuncError as HodfuncError
     from ._errors import HodfuncWarning as HodfuncWarning
@@ -53,6 +54,7 @@ _LAZY = {
     "ArgumentError": "._errors",
     "ArgumentTypeError": "._errors",
     "CacheWarning": "._errors",
+    "CompileError": "._errors",
     "FallbackWarning": "._errors",
     "HodfuncError": "._errors",
     "HodfuncWarning": "._errors",
@@ -88,6 +90,7 @@ __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
     "CacheWarning",
+    "CompileError",
     "FallbackWarning",
     "HodfuncError",
     "HodfuncWarning",

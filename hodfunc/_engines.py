@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ._engine import register
 from ._nested import NestedEngine
-from ._taylor import AutoEngine, TaylorEngine
+from ._taylor import AutoEngine
 
 register("nested", NestedEngine)
 register("auto", AutoEngine)
-register("taylor", TaylorEngine)
+register("taylor", lambda: AutoEngine(fallback=False))

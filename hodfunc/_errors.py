@@ -10,6 +10,7 @@ __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
     "CacheWarning",
+    "CompileError",
     "FallbackWarning",
     "HodfuncError",
     "HodfuncWarning",
@@ -46,6 +47,11 @@ class UnsupportedOperationError(HodfuncError, NotImplementedError):
     def __init__(self, text: str, ops: tuple[str, ...] = ()) -> None:
         super().__init__(text)
         self.ops = ops
+
+
+class CompileError(HodfuncError, RuntimeError):
+    """A transform was called where ``torch.compile(fullgraph=True)`` traces it, which that
+    method does not support (the message names the way out)."""
 
 
 class NonFunctionalModuleError(HodfuncError, RuntimeError):

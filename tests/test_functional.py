@@ -52,7 +52,7 @@ def test_other_reads_into_python_are_refused(method: str, read: Callable[[Tensor
     expected = (
         hodfunc.UnsupportedOperationError if method == "taylor" else hodfunc.NonFunctionalError
     )
-    with pytest.raises((hodfunc.NonFunctionalError, expected), match="data-dependent|into Python"):
+    with pytest.raises((hodfunc.NonFunctionalError, expected), match=r"data-dependent|into Python"):
         _quiet(lambda: d(torch.tensor(0.5, dtype=F64)))
 
 
@@ -94,7 +94,7 @@ def test_values_read_from_weights_are_fine() -> None:
 )
 def test_random_draws_are_refused(method: str, noisy: Callable[[Tensor], Tensor]) -> None:
     d = hodfunc.derivative(noisy, 1, method=method)  # type: ignore[arg-type]
-    with pytest.raises(hodfunc.NonFunctionalError, match="random.*outside"):
+    with pytest.raises(hodfunc.NonFunctionalError, match=r"random.*outside"):
         _quiet(lambda: d(torch.tensor(0.5)))
 
 
@@ -105,7 +105,7 @@ def test_dropout_in_eval_mode_is_fine(method: str) -> None:
     x = torch.tensor(0.5, dtype=F64)
     assert torch.allclose(d(x), 1 - torch.tanh(x) ** 2)
     net.train()
-    with pytest.raises(hodfunc.NonFunctionalError, match="model.eval"):
+    with pytest.raises(hodfunc.NonFunctionalError, match=r"model\.eval"):
         _quiet(lambda: d(x))
 
 

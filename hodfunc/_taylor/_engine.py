@@ -16,8 +16,10 @@ Engines are built once per transform, so the warn-once flags are per transform; 
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections import Counter
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -26,6 +28,7 @@ from torch.utils import _pytree as pytree
 from .._call import Call
 from .._errors import (
     CacheWarning,
+    CompileError,
     FallbackWarning,
     PiecewiseLinearWarning,
     UnsupportedOperationError,
@@ -87,6 +90,38 @@ def _seed(x: Tensor, tail: Tensor, ctx: Context) -> Jet:
 
 
 _SCALAR_READ = "aten._local_scalar_dense"
+_EAGER: dict[Callable[..., Tensor], Callable[..., Tensor]] = {}
+
+
+def _eager(method: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``method`` with Dynamo's frame hook off while it runs, once Dynamo is imported: after the
+    graph break ``_not_compiling`` makes, Dynamo would otherwise try to compile every frame of the
+    engine (slower than eager, and warnings about calls it cannot trace)."""
+    run = _EAGER.get(method)
+    if run is None:
+        dynamo = sys.modules.get("torch._dynamo")
+        if dynamo is None:
+            return method
+        run = _EAGER[method] = dynamo.disable(method, reason="hodfunc's Taylor mode runs eagerly")
+    return run
+
+
+def _not_compiling(api: str) -> None:
+    """Refuse to be traced by ``torch.compile``: Taylor mode traces and interprets the function
+    itself (``make_fx``, functorch queries), which Dynamo cannot follow. Without
+    ``fullgraph=True`` the raise is a graph break and the call runs eagerly at full speed; with
+    it, the error names the way out."""
+    if torch.compiler.is_compiling():
+        raise CompileError(  # no custom __init__: Dynamo must be able to trace the raise
+            message(
+                api,
+                "Taylor mode traces and runs the function itself, so torch.compile cannot put it "
+                "in a graph",
+                "a call inside torch.compile(fullgraph=True)",
+                "Drop fullgraph=True (the transform then runs eagerly, at eager speed), or call "
+                "it outside the compiled function.",
+            )
+        )
 
 
 def _rules_for(bound: Bound) -> bool:
@@ -157,6 +192,7 @@ class TaylorEngine(Opaque):
         )
 
     def _bind(self, call: Call) -> Bound:
+        _not_compiling(call.api)
         reached = reach_of(call.fn, call.args, call.kwargs)
         self._warn_uncacheable(call.api, reached)
         bound = SHARED.bind(call.api, call.fn, call.args, call.kwargs, call.argnum, reached=reached)
@@ -202,6 +238,7 @@ class TaylorEngine(Opaque):
         value and summed second order (the collapsed Laplacian), so the propagation may drop the
         first orders where nothing downstream needs them.
         """
+        _not_compiling(call.api)
         # order 0 is the plain value: run the program without coefficients. The collapsed
         # Laplacian stays per point: its directions are unbatched there, and its whole-batch run
         # measured no faster (matmuls dominate either way).
@@ -309,12 +346,17 @@ class TaylorEngine(Opaque):
 
 
 class AutoEngine(Opaque):
-    """Taylor mode where every op has a rule; otherwise nested torch.func, with one warning."""
+    """Taylor mode where every op has a rule; otherwise nested torch.func, with one warning
+    (``fallback=False``: the Taylor-mode error instead, which is ``method="taylor"``).
 
-    def __init__(self) -> None:
+    Both methods' entry points: they refuse ``torch.compile(fullgraph=True)`` with the way out,
+    and run with Dynamo's frame hook off (``_eager``)."""
+
+    def __init__(self, *, fallback: bool = True) -> None:
         self._taylor = TaylorEngine()
         self._nested = NestedEngine()
         self._warned = False
+        self._fallback = fallback
 
     def _warn(self, call: Call, error: UnsupportedOperationError) -> None:
         """Warn once, after the nested method gave its answer (a fallback that raised did not
@@ -339,25 +381,43 @@ class AutoEngine(Opaque):
             )
 
     def jet(self, call: Call, v: Tensor, order: int) -> Tensor:
+        _not_compiling(call.api)
+        return _eager(AutoEngine._jet)(self, call, v, order)
+
+    def _jet(self, call: Call, v: Tensor, order: int) -> Tensor:
         try:
             return self._taylor.jet(call, v, order)
         except UnsupportedOperationError as error:
+            if not self._fallback:
+                raise
             result = self._nested.jet(call, v, order)
             self._warn(call, error)
             return result
 
     def partial(self, call: Call, wrt: tuple[int, ...]) -> Tensor:
+        _not_compiling(call.api)
+        return _eager(AutoEngine._partial)(self, call, wrt)
+
+    def _partial(self, call: Call, wrt: tuple[int, ...]) -> Tensor:
         try:
             return self._taylor.partial(call, wrt)
         except UnsupportedOperationError as error:
+            if not self._fallback:
+                raise
             result = self._nested.partial(call, wrt)
             self._warn(call, error)
             return result
 
     def laplacian(self, call: Call) -> Tensor:
+        _not_compiling(call.api)
+        return _eager(AutoEngine._laplacian)(self, call)
+
+    def _laplacian(self, call: Call) -> Tensor:
         try:
             return self._taylor.laplacian(call)
         except UnsupportedOperationError as error:
+            if not self._fallback:
+                raise
             result = self._nested.laplacian(call)
             self._warn(call, error)
             return result

@@ -156,17 +156,36 @@ class _Walk:
         self.tensor_index: dict[int, int] = {}
         self.seen: dict[int, int] = {}
         self.keep: list[object] = []  # holds what ``seen`` names by id alive for the walk
+        self.pending: list[tuple[bool, object, tuple[str, ...]]] = []
         self.why = ""
 
     def give_up(self, why: str) -> None:
         if not self.why:
             self.why = why
 
+    def walk(self, root: object) -> None:
+        """Add ``root`` and everything it reaches to the key, depth first, without recursion (a
+        parsed expression may nest closures hundreds deep)."""
+        stack: list[tuple[bool, object, tuple[str, ...]]] = [(False, root, ())]
+        while stack and not self.why:
+            is_atom, obj, names = stack.pop()
+            if is_atom:
+                self.atoms.append(obj)
+                continue
+            self.pending = []
+            self._process(obj, names)
+            stack.extend(reversed(self.pending))
+
     def visit(self, obj: object, names: tuple[str, ...] = ()) -> None:
-        """Add ``obj`` to the key. ``names``: the names the code that reached it refers to (the
-        attributes of a user module that may be read)."""
-        if self.why:
-            return
+        """From a handler: walk ``obj`` next. ``names``: the names the code that reached it
+        refers to (the attributes of a user module that may be read)."""
+        self.pending.append((False, obj, names))
+
+    def emit(self, atom: object) -> None:
+        """From a handler: add ``atom`` to the key in walk order."""
+        self.pending.append((True, atom, ()))
+
+    def _process(self, obj: object, names: tuple[str, ...]) -> None:
         atoms = self.atoms
         if isinstance(obj, Tensor):
             index = self.tensor_index.get(id(obj))
@@ -198,52 +217,51 @@ class _Walk:
         self._visit_new(obj, names)
 
     def _visit_new(self, obj: object, names: tuple[str, ...]) -> None:
-        atoms = self.atoms
         if isinstance(obj, (list, tuple)):
-            atoms.append((type(obj), len(obj)))
+            self.emit((type(obj), len(obj)))
             for item in obj:
                 self.visit(item, names)
         elif isinstance(obj, dict):
-            atoms.append((type(obj), len(obj)))
+            self.emit((type(obj), len(obj)))
             for k, v in obj.items():
                 self.visit(k, names)
                 self.visit(v, names)
         elif isinstance(obj, (set, frozenset)):
             items = sorted(obj, key=repr) if len(obj) < 64 else list(obj)
-            atoms.append((type(obj), len(obj)))
+            self.emit((type(obj), len(obj)))
             for item in items:
                 self.visit(item, names)
         elif isinstance(obj, types.FunctionType):
             self._function(obj)
         elif isinstance(obj, types.MethodType):
-            atoms.append(types.MethodType)
+            self.emit(types.MethodType)
             self.visit(obj.__self__, names)
             self.visit(obj.__func__, names)
         elif isinstance(obj, functools.partial):
-            atoms.append(functools.partial)
+            self.emit(functools.partial)
             self.visit(obj.func, names)
             self.visit(obj.args, names)
             self.visit(obj.keywords, names)
         elif isinstance(obj, types.ModuleType):
-            atoms.append(obj)
+            self.emit(obj)
             if not _library_module(obj.__name__):
                 space = vars(obj)
                 for name in names:
                     if name in space:
-                        atoms.append(name)
+                        self.emit(name)
                         self.visit(space[name], names)
         elif isinstance(obj, type):
-            atoms.append(obj)
+            self.emit(obj)
             if not _library(obj):
                 self._class(obj)
         elif isinstance(obj, Opaque):
-            atoms.append(type(obj))
+            self.emit(type(obj))
         elif isinstance(obj, nn.Module):
             self._module(obj)
         elif _library(type(obj)) and _numpy(obj):
             self._array(obj)
         elif isinstance(obj, torch.Generator):
-            atoms.append(obj)  # randomness is refused elsewhere; the trace holds no state of it
+            self.emit(obj)  # randomness is refused elsewhere; the trace holds no state of it
         elif hasattr(obj, "__dict__") and not isinstance(obj, type):
             self._object(obj, names)
         else:
@@ -253,21 +271,20 @@ class _Walk:
                 self.give_up(f"it reaches an unhashable {type(obj).__name__} it cannot look into")
                 return
             if _library(type(obj)):
-                atoms.append(obj)  # a library object without attributes: by identity
+                self.emit(obj)  # a library object without attributes: by identity
             elif type(obj).__hash__ is not object.__hash__:
                 # hashed by value (a sympy symbol, a Fraction): Python's contract for such
                 # objects is that they do not change, so the value is the key
-                atoms.append((type(obj), obj))
+                self.emit((type(obj), obj))
             else:
                 self.give_up(f"it reaches a {type(obj).__name__} it cannot look into")
 
     def _function(self, fn: types.FunctionType) -> None:
-        atoms = self.atoms
         if _library(fn):
-            atoms.append(fn)
+            self.emit(fn)
             return
         code = fn.__code__
-        atoms.append(code)
+        self.emit(code)
         names = _names(code)
         if fn.__defaults__:
             self.visit(fn.__defaults__, names)
@@ -277,13 +294,13 @@ class _Walk:
             try:
                 content = cell.cell_contents
             except ValueError:  # an empty cell
-                atoms.append("empty cell")
+                self.emit("empty cell")
                 continue
             self.visit(content, names)
         space = fn.__globals__
         for name in names:
             if name in space:
-                atoms.append(name)
+                self.emit(name)
                 self.visit(space[name], names)
 
     def _class(self, cls: type) -> None:
@@ -293,7 +310,7 @@ class _Walk:
             for name, value in vars(klass).items():
                 if name.startswith("__") and name.endswith("__") and name != "__call__":
                     continue
-                self.atoms.append(name)
+                self.emit(name)
                 if isinstance(value, (staticmethod, classmethod)):
                     value = value.__func__
                 elif isinstance(value, property):
@@ -306,28 +323,27 @@ class _Walk:
         An empty container adds nothing (once filled, it adds its name and contents)."""
         cls = type(module)
         if _library(cls):
-            self.atoms.append(cls)
+            self.emit(cls)
         else:
             self.visit(cls)
-        atoms = self.atoms
         for name, value in vars(module).items():
             kind = type(value)
             if kind in _CONTAINERS:
                 if not value:
                     continue
                 if name in ("_parameters", "_buffers", "_modules"):
-                    atoms.append((name, len(value)))
+                    self.emit((name, len(value)))
                     for key, item in value.items():
-                        atoms.append(key)
+                        self.emit(key)
                         self.visit(item)
                     continue
             elif kind is bool or kind is int or kind is str or value is None:
-                atoms.append((name, kind, value))
+                self.emit((name, kind, value))
                 continue
             elif kind is float:
-                atoms.append((name, value.hex()))
+                self.emit((name, value.hex()))
                 continue
-            atoms.append(name)
+            self.emit(name)
             self.visit(value)
 
     def _object(self, obj: object, names: tuple[str, ...]) -> None:
@@ -339,12 +355,12 @@ class _Walk:
         import numpy as np
 
         if isinstance(array, np.generic):
-            self.atoms.append((type(array), array.item()))
+            self.emit((type(array), array.item()))
         elif isinstance(array, np.ndarray):
             if array.size > 100_000 or array.dtype == object:
                 self.give_up(f"it reaches a NumPy array of {array.size} elements")
                 return
-            self.atoms.append(("nd", array.shape, array.dtype.str, array.tobytes()))
+            self.emit(("nd", array.shape, array.dtype.str, array.tobytes()))
         else:
             self.give_up(f"it reaches a {type(array).__name__} it cannot look into")
 
@@ -357,7 +373,7 @@ def _numpy(obj: object) -> bool:
 def reach(fn: object, others: Iterable[object] = ()) -> Reach:
     """Walk ``fn`` and the non-tensor arguments ``others``; see the module docstring."""
     walk = _Walk()
-    walk.visit(fn)
+    walk.walk(fn)
     for other in others:
-        walk.visit(other)
+        walk.walk(other)
     return Reach(tuple(walk.atoms), tuple(walk.tensors), walk.why)
