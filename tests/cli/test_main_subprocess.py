@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import sympy
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 PEAK_RSS_LIMIT_MB = 800
 """Documented bound for ``eval`` of 1,000,000 points at order 4 in float64 with the default

@@ -3,7 +3,7 @@
 matplotlib is an optional extra (``pip install "hodfunc[plot]"``). It is imported only here, only
 when a plot is asked for, and used through its object API with the Agg canvas: no ``pyplot``, no
 change to the caller's backend, rcParams or style. The picture is written atomically
-(``hodfunc._points.atomic_file``): a failed write leaves the previous file as it was.
+(``hodfunc._cli._points.atomic_file``): a failed write leaves the previous file as it was.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from ._errors import ArgumentError, message
+from .._errors import ArgumentError, message
 from ._points import atomic_file, check_writable
 
 if TYPE_CHECKING:

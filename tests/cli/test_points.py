@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import hodfunc._cli
+import hodfunc._cli._main
 from hodfunc._cli import main
-from hodfunc._points import atomic_file, read_points
+from hodfunc._cli._points import atomic_file, read_points
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -196,7 +196,7 @@ def test_out_equal_to_points_is_refused(
     np.save(in_tmp / "in.npy", np.linspace(0.0, 1.0, 5))
     before = (in_tmp / "in.npy").read_bytes()
     points, out = paths(in_tmp)
-    monkeypatch.setattr(hodfunc._cli, "_evaluate", _must_not_compute)
+    monkeypatch.setattr(hodfunc._cli._main, "_evaluate", _must_not_compute)
     line = one_error_line(*run(capsys, *eval_argv(points, out)))
     assert "must not overwrite the input" in line
     assert f"--out {out!r}" in line
@@ -266,7 +266,7 @@ def test_out_is_checked_before_computing(
         pytest.skip("root may write any file")
     np.save(in_tmp / "p.npy", np.zeros(3))
     out = target(in_tmp)
-    monkeypatch.setattr(hodfunc._cli, "_evaluate", _must_not_compute)
+    monkeypatch.setattr(hodfunc._cli._main, "_evaluate", _must_not_compute)
     line = one_error_line(*run(capsys, *eval_argv("p.npy", out)))
     assert line.startswith("hodfunc: error: --out: "), line
     assert match in line, line
@@ -276,7 +276,7 @@ def test_out_is_checked_before_computing(
 def test_plot_target_is_checked_before_computing(
     capsys: pytest.CaptureFixture[str], in_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(hodfunc._cli, "_evaluate", _must_not_compute)
+    monkeypatch.setattr(hodfunc._cli._main, "_evaluate", _must_not_compute)
     (in_tmp / "f.png").mkdir()
     for plot, match in [
         ("f.png", "must be a file, not a folder"),

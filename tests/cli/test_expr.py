@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hodfunc._expr import (
+from hodfunc._cli._expr import (
     FUNCTIONS,
     MAX_DEPTH,
     MAX_EXPONENT,

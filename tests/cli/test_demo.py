@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from hodfunc._demo import NOTEBOOK_GX, NOTEBOOK_INPUT_GRAD, notebook_net, run_demo
+from hodfunc._cli._demo import NOTEBOOK_GX, NOTEBOOK_INPUT_GRAD, notebook_net, run_demo
 
 
 def test_notebook_net_reproduces_the_printed_numbers() -> None:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 import hodfunc
 from hodfunc import FallbackWarning, imperative
-from hodfunc._cli import MAX_ORDER, main
+from hodfunc._cli._main import MAX_ORDER, main
 from hodfunc._engine import available_methods
 
 

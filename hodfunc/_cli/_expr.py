@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from ._errors import ArgumentError, message
+from .._errors import ArgumentError, message
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -372,7 +372,7 @@ def parse(text: str, var: str = "x", *, api: str = "EXPR") -> Expression:
         >>> parse("x.__class__")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        hodfunc._expr.ExpressionError: EXPR: attribute access (a.b) is not allowed, got ...
+        hodfunc._cli._expr.ExpressionError: EXPR: attribute access (a.b) is not allowed, got ...
     """
     check_var(var)
     if not isinstance(text, str):

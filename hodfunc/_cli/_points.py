@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import IO, TYPE_CHECKING, BinaryIO, Literal
 
-from ._errors import ArgumentError, message
+from .._errors import ArgumentError, message
 
 if TYPE_CHECKING:
     import numpy as np

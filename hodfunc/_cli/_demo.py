@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from . import _derivative, _jacobian, imperative
-from .imperative import backward
+from .. import _derivative, _jacobian, imperative
+from ..imperative import backward
 
 # What the seeds printed (001: the notebook; 000: the article).
 NOTEBOOK_F = [-16.0, 24.0, -24.0, 12.0, 0.0]

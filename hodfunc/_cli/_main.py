@@ -2,11 +2,11 @@
 
 ``derive`` prints a table of derivatives at a few points (or JSON) and can draw them; ``eval``
 reads points from a file, evaluates through ``hodfunc.batched`` and writes the values back. The
-expression is parsed by ``hodfunc._expr`` against an allow-list before torch is imported, so bad
+expression is parsed by ``hodfunc._cli._expr`` against an allow-list before torch is imported, so bad
 input is refused quickly. Every user error (argparse's usage errors too) exits with status 2 and
 one line on stderr, ``hodfunc: error: ...``; internal errors are bugs and keep their traceback.
 Output files are checked before anything is computed and written atomically
-(``hodfunc._points.atomic_file``), so a failed run never damages an existing file.
+(``hodfunc._cli._points.atomic_file``), so a failed run never damages an existing file.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn, cast, overload
 
-from ._errors import ArgumentError, FallbackWarning, HodfuncError, HodfuncWarning, message
+from .._errors import ArgumentError, FallbackWarning, HodfuncError, HodfuncWarning, message
 from ._expr import Expression, check_var, parse
 from ._plot import check_plot_path, order_label
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
-    from ._engine import Method
+    from .._engine import Method
 
 __all__ = ["MAX_AT_POINTS", "MAX_ORDER", "MAX_VALUES", "main"]
 
@@ -83,8 +83,8 @@ class _Methods(Sequence[str]):
     """
 
     def _names(self) -> tuple[str, ...]:
-        from . import _engines  # noqa: F401  (registers the built-in methods)
-        from ._engine import available_methods
+        from .. import _engines  # noqa: F401  (registers the built-in methods)
+        from .._engine import available_methods
 
         return (*available_methods(), "imperative")
 
