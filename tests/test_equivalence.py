@@ -21,7 +21,7 @@ from torch.func import functional_call
 
 import hodfunc
 from hodfunc import Method, imperative
-from hodfunc._demo import notebook_net
+from hodfunc._cli._demo import notebook_net
 
 F64 = torch.float64
 
