@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import math
-import os
-import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 
 import torch
-from _common import interleaved_medians, median_seconds, table, write_json
-from bench_taylor_jet_worker import jet_mlp, mlp_weights
+from _common import (
+    interleaved_medians,
+    jet_mlp,
+    jet_module,
+    median_seconds,
+    mlp_weights,
+    run_jet,
+    table,
+    write_json,
+)
 from torch import Tensor
 
 import hodfunc
@@ -52,25 +55,6 @@ def nested_grad(f: Callable[[Tensor], Tensor], order: int) -> Callable[[Tensor],
     return lambda x: torch.stack([g(x) for g in fns])
 
 
-def run_jet(tasks: list[dict[str, object]], threads: int) -> tuple[list[dict[str, object]], str]:
-    """jet-for-pytorch results per task, or ``([], reason)`` when it is not available."""
-    worker = Path(__file__).with_name("bench_taylor_jet_worker.py")
-    spec = json.dumps({"threads": threads, "tasks": tasks})
-    python = os.environ.get("JET_PYTHON")
-    if importlib.util.find_spec("jet") is not None:
-        python = sys.executable
-    if python is None:
-        return [], "jet-for-pytorch not importable and $JET_PYTHON not set (benchmarks/README.md)"
-    done = subprocess.run(
-        [python, str(worker), spec], capture_output=True, text=True, check=False, timeout=3600
-    )
-    if done.returncode != 0:
-        return [], f"worker failed: {done.stderr.strip().splitlines()[-1][:200]}"
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    results: list[dict[str, object]] = out["results"]
-    return results, f"jet-for-pytorch under Python {out['python']}"
-
-
 def jax_available() -> str:
     return "" if importlib.util.find_spec("jax") is not None else "jax not installed"
 
@@ -79,13 +63,6 @@ def rel_error(got: Tensor, ref: Tensor) -> float:
     """``max |got - ref| / max |ref|`` per order (the scale of that order), worst order."""
     scale = ref.abs().amax(dim=0).clamp(min=1e-30)
     return float(((got.double() - ref.double()).abs() / scale).max())
-
-
-def jet_module() -> ModuleType | None:
-    """jet-for-pytorch when it imports in this interpreter: then it runs in the same rounds."""
-    if importlib.util.find_spec("jet") is None:
-        return None
-    return importlib.import_module("jet")
 
 
 def jet_tasks(orders: list[int], xs: Tensor, repeats: int) -> list[dict[str, object]]:

@@ -16,13 +16,20 @@ otherwise it runs under ``$JET_PYTHON`` in a process of its own, timed apart (no
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from collections.abc import Callable
 
 import torch
-from _common import interleaved_medians, table, write_json
-from bench_taylor import run_jet
-from bench_taylor_jet_worker import jet_laplacian, laplacian_points, laplacian_weights, tanh_mlp
+from _common import (
+    interleaved_medians,
+    jet_laplacian,
+    jet_module,
+    laplacian_points,
+    laplacian_weights,
+    run_jet,
+    table,
+    tanh_mlp,
+    write_json,
+)
 from torch import Tensor
 
 import hodfunc
@@ -87,9 +94,8 @@ def main() -> None:
         "allocator": "tuned" if args.tuned_allocator else "default",
     }
     jet_values: Tensor | None = None
-    if importlib.util.find_spec("jet") is not None:
-        import jet  # type: ignore[import-not-found]  # optional, untyped
-
+    jet = jet_module()
+    if jet is not None:
         jet_lap = jet_laplacian(jet.laplacian, DIMS)
         jet_values = jet_lap(xs)
         methods["jet"] = lambda: jet_lap(xs)
