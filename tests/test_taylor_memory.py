@@ -255,10 +255,10 @@ def _scalar_mlp(act: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
 def test_large_batches_written_into_preallocated_series_match_nested(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hodfunc._taylor import _series, _trace
+    from hodfunc._taylor import _memory, _series
 
     buffers: list[Tensor] = []
-    empty_series = _trace.empty_series
+    empty_series = _memory.empty_series
 
     def counted(size: int, like: Tensor) -> Tensor | None:
         out = empty_series(size, like)
@@ -340,7 +340,7 @@ def test_directions_repeated_at_every_point_go_through_a_linear_layer_once(
     """On a whole batch the seeded direction is the same at every point (an ``expand``); the
     first linear layer maps it once (``_rules._repeated``) and the result is still per point."""
     from hodfunc._taylor import _rules
-    from hodfunc._taylor._trace import compact
+    from hodfunc._taylor._memory import compact
 
     narrowed: list[bool] = []
 

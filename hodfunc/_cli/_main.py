@@ -2,8 +2,8 @@
 
 ``derive`` prints a table of derivatives at a few points (or JSON) and can draw them; ``eval``
 reads points from a file, evaluates through ``hodfunc.batched`` and writes the values back. The
-expression is parsed by ``hodfunc._cli._expr`` against an allow-list before torch is imported, so bad
-input is refused quickly. Every user error (argparse's usage errors too) exits with status 2 and
+expression is parsed by ``hodfunc._cli._expr`` against an allow-list before torch is imported, so
+bad input is refused quickly. Every user error (argparse's usage errors too) exits with status 2 and
 one line on stderr, ``hodfunc: error: ...``; internal errors are bugs and keep their traceback.
 Output files are checked before anything is computed and written atomically
 (``hodfunc._cli._points.atomic_file``), so a failed run never damages an existing file.

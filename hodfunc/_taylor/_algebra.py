@@ -26,9 +26,10 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from .._functorch import tracing, writable
 from . import _series
+from ._memory import empty_series
 from ._series import Pairs, cauchy_pairs, pair_table
-from ._trace import empty_series, tracing, writable
 
 __all__ = ["Algebra", "Collapsed", "Univariate", "join"]
 

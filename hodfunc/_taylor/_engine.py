@@ -35,6 +35,7 @@ from .._errors import (
     message,
 )
 from .._functional import random_error, scalar_read_error
+from .._functorch import batch_at, innermost_batch, rebatch, tracing, transformed
 from .._nested import NestedEngine, basis, unit
 from .._validate import check_output
 from ._algebra import Collapsed, Univariate
@@ -42,16 +43,7 @@ from ._interpret import run
 from ._mixed import interpolation
 from ._reach import Opaque, Reach
 from ._rules import Context, Jet, has_rule
-from ._trace import (
-    SHARED,
-    Bound,
-    batch_at,
-    innermost_batch,
-    reach_of,
-    rebatch,
-    tracing,
-    transformed,
-)
+from ._trace import SHARED, Bound, reach_of
 
 __all__ = ["AutoEngine", "TaylorEngine"]
 

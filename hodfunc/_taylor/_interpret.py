@@ -14,9 +14,10 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
+from .._functorch import may_record
 from ._plan import plan
 from ._rules import Context, Jet, keeps_affine, lookup
-from ._trace import Program, Ref, may_record
+from ._trace import Program, Ref
 
 __all__ = ["run"]
 

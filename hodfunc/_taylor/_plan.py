@@ -30,8 +30,9 @@ from dataclasses import dataclass
 
 from torch.utils import _pytree as pytree
 
+from .._functorch import aliases_input
 from ._rules import ADDS_IN_PLACE, FRESH_RESULTS, ROW_WISE, UNARY_OPS, VIEWS
-from ._trace import Program, Ref, aliases_input
+from ._trace import Program, Ref
 
 __all__ = ["Step", "plan"]
 

@@ -28,9 +28,10 @@ import torch
 from torch import Tensor
 
 from .._errors import UnsupportedOperationError, message
+from .._functorch import tracing
 from . import _series
 from ._algebra import Algebra, UnaryRule, join
-from ._trace import compact, tracing
+from ._memory import compact
 
 __all__ = [
     "ADDS_IN_PLACE",

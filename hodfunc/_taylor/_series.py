@@ -25,7 +25,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._trace import compact, empty_series, physical_numel, physically_dense, stack_dense, writable
+from .._functorch import physical_numel, physically_dense, writable
+from ._memory import compact, empty_series, stack_dense
 
 __all__ = [
     "affine",

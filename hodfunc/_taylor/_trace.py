@@ -37,12 +37,11 @@ The trace's two known pitfalls are handled here:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import operator
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -51,9 +50,9 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
-from .._allocator import empty_result
 from .._errors import UnsupportedOperationError, message
 from .._functional import RANDOM_ATEN
+from .._functorch import outside_functorch, traced_point
 from ._reach import Reach, reach
 
 __all__ = [
@@ -63,9 +62,7 @@ __all__ = [
     "Program",
     "Ref",
     "TraceCache",
-    "physical_numel",
     "reach_of",
-    "tracing",
 ]
 
 TRACES = [0]
@@ -176,7 +173,7 @@ class _Lift(TorchFunctionMode):
         if new is not None:
             return new
         functorch = torch._C._functorch
-        if self.own_vmap and _traced_point(t):
+        if self.own_vmap and traced_point(t):
             return t
         if functorch.is_functorch_wrapped_tensor(t):
             raise UnsupportedOperationError(
@@ -199,217 +196,6 @@ class _Lift(TorchFunctionMode):
     ) -> object:
         args, kw = pytree.tree_map_only(Tensor, self._map, (args, kwargs or {}))
         return func(*args, **kw)
-
-
-def _traced_point(t: Tensor) -> bool:
-    """Whether ``t`` is batched by the trace's own ``vmap`` over points: at the current level,
-    around a fake tensor of the trace (a user's batched tensor wraps a real one)."""
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    functorch = torch._C._functorch
-    if (
-        not functorch.is_batchedtensor(t)
-        or functorch.maybe_get_level(t) != functorch.current_level()
-    ):
-        return False
-    inner = functorch.get_unwrapped(t)
-    while functorch.is_functorch_wrapped_tensor(inner):
-        inner = functorch.get_unwrapped(inner)
-    return isinstance(inner, FakeTensor)
-
-
-@contextlib.contextmanager
-def _outside_functorch() -> Iterator[None]:
-    """Pop every active functorch level (vmap, grad...) for the duration, then restore them."""
-    functorch = torch._C._functorch
-    saved = []
-    while functorch.peek_interpreter_stack() is not None:
-        saved.append(functorch.pop_dynamic_layer_stack())
-    try:
-        yield
-    finally:
-        for layer in reversed(saved):
-            functorch.push_dynamic_layer_stack(layer)
-
-
-def tracing() -> bool:
-    """Whether a dispatch mode (``make_fx``, fake tensors) records the ops being run.
-
-    Rules write into fresh tensors in place only when not traced: a trace of such a write (a
-    Taylor transform inside another one's trace) would see a mutation through a view.
-    """
-    return bool(torch._C._len_torch_dispatch_stack())
-
-
-def physical_numel(t: Tensor) -> int:
-    """The number of elements ``t`` holds in memory: under ``vmap`` this includes the batch."""
-    functorch = torch._C._functorch
-    while functorch.is_batchedtensor(t):
-        t = functorch.get_unwrapped(t)
-    return t.numel()
-
-
-def physically_dense(t: Tensor) -> bool:
-    """Whether ``t``'s memory is one dense block, in any dim order: under ``vmap`` a row of a
-    batched stack is not, although it looks contiguous from inside."""
-    functorch = torch._C._functorch
-    while functorch.is_batchedtensor(t):
-        t = functorch.get_unwrapped(t)
-    return _dense_order(t) is not None
-
-
-def _dense_order(t: Tensor) -> list[int] | None:
-    """The dims of ``t`` from outermost to innermost in memory if they tile it densely."""
-    order = sorted(range(t.dim()), key=lambda d: (t.stride(d), t.shape[d]), reverse=True)
-    expected = 1
-    for d in reversed(order):
-        if t.shape[d] != 1 and t.stride(d) != expected:
-            return None
-        expected *= t.shape[d]
-    return order
-
-
-def writable(t: Tensor) -> bool:
-    """Whether results computed from ``t`` may be written into preallocated memory (``out=``)
-    and be a plain tensor: not under a trace, not inside a ``torch.func`` transform, not while
-    autograd records ``t`` or a forward-mode AD level is open (``out=`` ops are not
-    differentiable, and raise on dual tensors)."""
-    return not (
-        tracing()
-        or transformed(t)
-        or (torch.is_grad_enabled() and t.requires_grad)
-        # a forward-mode AD level is open (torch keeps no public flag for it)
-        or torch.autograd.forward_ad._current_level >= 0
-    )
-
-
-def _series_layout(like: Tensor) -> tuple[list[int], list[int]] | None:
-    """``(order, back)``: the dims of ``like`` from outermost to innermost in memory, and the
-    permutation of a ``(n, *[like.shape[d] for d in order])`` buffer (coefficient axis first)
-    that gives it ``like``'s shape; ``None`` if ``like`` is not dense in any order."""
-    order = list(range(like.dim())) if like.is_contiguous() else _dense_order(like)
-    if order is None:
-        return None
-    back = [0] * like.dim()
-    for position, d in enumerate(order):
-        back[d] = position + 1
-    return order, [0, *back]
-
-
-def compact(t: Tensor, *, keep: int) -> Tensor:
-    """``t`` narrowed to one element along every dim but ``keep`` that it only repeats (stride 0,
-    as ``expand`` leaves it). A linear op that maps those dims independently can run on the
-    compact view and ``expand`` its result: the directions seeded at a whole batch of points
-    are the same at every point, and so are their images under the first linear layer."""
-    if transformed(t) or t.dim() == 0:
-        return t
-    if not -t.dim() <= keep < t.dim():
-        raise IndexError(f"compact: keep={keep} is out of range for {t.dim()} dims")
-    keep = keep % t.dim()
-    for d in range(t.dim()):
-        if d != keep and t.stride(d) == 0 and t.shape[d] > 1:
-            t = t.narrow(d, 0, 1)
-    return t
-
-
-def empty_series(size: int, like: Tensor) -> Tensor | None:
-    """An uninitialised ``(size, *like.shape)`` tensor for a series computed coefficient by
-    coefficient (each row written with ``out=``): every row has ``like``'s memory order, so the
-    elementwise ops writing it and the linear layer reading it stream through memory. Large
-    buffers may use huge pages (``_allocator.empty_result``). ``None`` where ``writable`` says
-    no, or ``like`` is not dense."""
-    layout = _series_layout(like) if writable(like) else None
-    if layout is None:
-        return None
-    order, back = layout
-    return empty_result((size, *[like.shape[d] for d in order]), like).permute(back)
-
-
-def stack_dense(ts: list[Tensor]) -> Tensor:
-    """``torch.stack(ts)`` that keeps the memory order the (plain, alike) tensors share, into
-    memory that faults in cheaply.
-
-    A linear layer of a batch of points, as ``vmap``'s trace writes it, leaves permuted results;
-    stacking those into a contiguous tensor is a transposing copy (slow), stacking them in their
-    own order is a plain one, and the result is a permuted view. A stack of a whole batch is
-    megabytes of fresh memory per call, faulted in 4 KiB at a time unless it is allowed huge
-    pages (``_allocator.empty_result``, which affects only that tensor's pages).
-    """
-    first = ts[0]
-    layout = None if transformed(first) else _series_layout(first)
-    if layout is None or any(t.stride() != first.stride() for t in ts):
-        return torch.stack(ts)
-    order, back = layout
-    views = [t.permute(order) for t in ts]
-    if all(map(writable, ts)):
-        stacked = torch.stack(views, out=empty_result((len(ts), *views[0].shape), first))
-    else:
-        stacked = torch.stack(views)
-    return stacked.permute(back)
-
-
-# ---------------------------------------------------------------- functorch and ATen internals
-# (kept here, in one place: the interpreter and the engines use them through these functions)
-
-
-def transformed(t: Tensor) -> bool:
-    """Whether ``t`` is wrapped by a ``torch.func`` transform (``vmap``, ``grad``, ``jvp``...)."""
-    return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
-
-
-def may_record(t: Tensor) -> bool:
-    """Whether autograd, or a ``torch.func`` differentiation transform, may record ops on ``t``:
-    then a backward formula may save a value, and nothing may be overwritten.
-
-    Looks through ``vmap``'s wrappers (a batched tensor reports ``requires_grad=False`` whatever
-    it wraps); any other functorch wrapper belongs to ``grad``/``jacrev``/``jvp``.
-    """
-    functorch = torch._C._functorch
-    while functorch.is_functorch_wrapped_tensor(t):
-        if not functorch.is_batchedtensor(t):
-            return True
-        t = functorch.get_unwrapped(t)
-    return t.requires_grad
-
-
-def innermost_batch(x: Tensor) -> tuple[Tensor, int] | None:
-    """``(points, level)`` when ``x`` is batched by the innermost active ``vmap`` around a plain
-    tensor: ``points`` is that tensor with the batch dim first."""
-    functorch = torch._C._functorch
-    if not functorch.is_batchedtensor(x):
-        return None
-    level = functorch.maybe_get_level(x)
-    points = functorch.get_unwrapped(x)
-    if level != functorch.current_level() or functorch.is_functorch_wrapped_tensor(points):
-        return None
-    return points.movedim(functorch.maybe_get_bdim(x), 0), level
-
-
-def batch_at(t: Tensor, level: int, *, dim: int) -> Tensor | None:
-    """The plain tensor behind ``t`` batched at ``level``, its batch dim moved to ``dim``, or
-    ``None`` if ``t`` is wrapped otherwise."""
-    functorch = torch._C._functorch
-    if not functorch.is_batchedtensor(t) or functorch.maybe_get_level(t) != level:
-        return None
-    inner = functorch.get_unwrapped(t)
-    if functorch.is_functorch_wrapped_tensor(inner):
-        return None
-    return inner.movedim(functorch.maybe_get_bdim(t), dim)
-
-
-def rebatch(t: Tensor, *, dim: int, level: int) -> Tensor:
-    """``t`` seen from inside the ``vmap`` at ``level``, batched along ``dim``."""
-    out: Tensor = torch._C._functorch._add_batch_dim(t, dim, level)
-    return out
-
-
-def aliases_input(fn: object) -> bool:
-    """Whether the op ``fn`` returns a view of an argument (ATen's alias annotations)."""
-    if fn is operator.getitem:
-        return True
-    if isinstance(fn, torch._ops.OpOverload):
-        return any(r.alias_info is not None for r in fn._schema.returns)
-    return False
 
 
 def _signature(t: Tensor) -> tuple[object, ...]:
@@ -675,7 +461,7 @@ class TraceCache:
             return torch.func.vmap(point)(call_args[batch_argnum])
 
         TRACES[0] += 1
-        with _TRACE_LOCK, _outside_functorch():
+        with _TRACE_LOCK, outside_functorch():
             examples = [_example(cast("Tensor", leaves[i])) for i in tensor_pos]
             examples += [_example(c) for c in captured]
             try:
