@@ -67,7 +67,9 @@ def rel_error(got: Tensor, ref: Tensor) -> float:
 
 def jet_tasks(orders: list[int], xs: Tensor, repeats: int) -> list[dict[str, object]]:
     """The worker's task list for the same orders and points (``$JET_PYTHON`` path)."""
-    where: dict[str, object] = {"x": float(xs[0])} if xs.numel() == 1 else {"points": xs.numel()}
+    where: dict[str, object] = (
+        {"x": float(xs.reshape(-1)[0])} if xs.numel() == 1 else {"points": xs.numel()}
+    )
     return [
         {
             "kind": "mlp",
