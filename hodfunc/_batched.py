@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.func import vmap
 
 from ._errors import ArgumentError, ArgumentTypeError, ShapeError, message
-from ._validate import check_chunk_size, check_output
+from ._validate import check_callable, check_chunk_size, check_dense, check_output
 
 P = ParamSpec("P")
 
@@ -46,6 +46,29 @@ class _PlainBar:
     def update(self, n: int) -> None:
         self.done += n
         print(f"hodfunc.batched: {self.done}/{self.total} points", file=sys.stderr)
+
+
+def _check_in_dims(api: str, in_dims: object) -> int | tuple[int | None, ...] | None:
+    """Return ``in_dims`` if it is None, an int, or a list or tuple of ints and Nones."""
+    fix = "Use in_dims=0 (every argument batched on dim 0) or a tuple such as (0, None)."
+    if in_dims is None or (isinstance(in_dims, int) and not isinstance(in_dims, bool)):
+        return in_dims
+    if not isinstance(in_dims, (list, tuple)):
+        raise ArgumentTypeError(
+            message(
+                api,
+                "in_dims must be an int, None, or a tuple of ints and Nones (one per positional "
+                "argument)",
+                f"{in_dims!r} of type {type(in_dims).__name__}",
+                fix,
+            )
+        )
+    bad = [d for d in in_dims if d is not None and (isinstance(d, bool) or not isinstance(d, int))]
+    if bad:
+        raise ArgumentTypeError(
+            message(api, "every entry of in_dims must be an int or None", repr(tuple(in_dims)), fix)
+        )
+    return tuple(in_dims)
 
 
 def _dims(api: str, in_dims: int | Sequence[int | None] | None, nargs: int) -> list[int | None]:
@@ -87,6 +110,7 @@ def _batch_size(api: str, args: tuple[object, ...], dims: list[int | None]) -> i
                     "",
                 )
             )
+        check_dense(api, a, f"batched argument {i}")
         sizes[i] = a.shape[d]
     if not sizes:
         raise ArgumentError(
@@ -134,24 +158,26 @@ def batched(
         tensor([-0.4794, -0.8415, -0.9093])
     """
     api = "hodfunc.batched"
+    check_callable(api, fn, "fn")
+    dims_spec = _check_in_dims(api, in_dims)
     chunk = check_chunk_size(api, chunk_size)
     fn_any: Callable[..., object] = fn
 
     @functools.wraps(fn)
     def wrapped(*args: P.args, **kwargs: P.kwargs) -> Tensor:
-        dims = _dims(api, in_dims, len(args))
+        dims = _dims(api, dims_spec, len(args))
         total = _batch_size(api, args, dims)
         step = total if chunk is None else chunk
 
         def checked(*a: object, **k: object) -> Tensor:  # typed error, not vmap's ValueError
-            return check_output(api, fn_any(*a, **k))
+            return check_output(api, fn_any(*a, **k), differentiable=False)
 
         mapped: Callable[..., object] = vmap(checked, in_dims=tuple(dims))
         pieces: list[Tensor] = []
         with _progress(progress, total) as bar:
             for start in range(0, total, step):
                 part = tuple(_narrow(a, d, start, step) for a, d in zip(args, dims, strict=True))
-                pieces.append(check_output(api, mapped(*part, **kwargs)))
+                pieces.append(check_output(api, mapped(*part, **kwargs), differentiable=False))
                 if bar is not None:
                     bar.update(pieces[-1].shape[0])
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)

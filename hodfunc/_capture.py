@@ -32,7 +32,14 @@ from torch.func import functional_call, grad, vmap
 from torch.nn.modules.module import _global_forward_hooks
 
 from . import _layers
-from ._errors import ShapeError, UnsupportedOperationError, message
+from ._errors import (
+    NonFunctionalError,
+    NonFunctionalModuleError,
+    ShapeError,
+    UnsupportedOperationError,
+    message,
+)
+from ._functional import guard
 from ._validate import check_output
 
 LossFn = Callable[..., Tensor]
@@ -47,6 +54,41 @@ def quiet_vmap() -> Iterator[None]:
             "ignore", message="There is a performance drop", category=UserWarning
         )
         yield
+
+
+def random_module_error(api: str, what: str) -> NonFunctionalModuleError:
+    """The error for a model or loss that draws random numbers (Dropout in training mode)."""
+    return NonFunctionalModuleError(
+        message(
+            api,
+            "per-sample gradients need a model and loss that draw no random numbers (each sample "
+            "would need its own draw, and one-sample passes would not reproduce the batch's)",
+            what,
+            "Call model.eval() to turn Dropout off (or set its p=0); draw any other noise "
+            "outside the model and pass it in as a batch tensor.",
+        )
+    )
+
+
+def _is_vmap_randomness(e: RuntimeError) -> bool:
+    """Whether ``e`` is vmap's refusal of a random op (``randomness="error"``)."""
+    return "random operation" in str(e) or "randomness" in str(e)
+
+
+@contextmanager
+def typed_random_errors(api: str) -> Iterator[None]:
+    """Turn vmap's raw randomness error, and a random draw seen by the guard, into the
+    ``NonFunctionalModuleError`` a training-mode BatchNorm gets too."""
+    try:
+        yield
+    except NonFunctionalError as e:
+        raise random_module_error(api, e.ops[0] if e.ops else "a random draw") from e
+    except RuntimeError as e:
+        if not _is_vmap_randomness(e):
+            raise
+        raise random_module_error(
+            api, "a random operation under torch.func.vmap (e.g. functional dropout)"
+        ) from e
 
 
 @dataclass
@@ -149,7 +191,7 @@ def sample_losses(ctx: Context, out: object, targets: tuple[Tensor, ...], size: 
         return scalar_loss(api, loss)
 
     try:
-        with quiet_vmap():
+        with quiet_vmap(), typed_random_errors(api):
             losses: Tensor = vmap(one)(out, *targets)
     except RuntimeError as e:
         raise UnsupportedOperationError(
@@ -175,7 +217,9 @@ def forward(ctx: Context, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, li
 def probe(ctx: Context, batch: tuple[Tensor, ...]) -> tuple[Tensor, list[Record]]:
     """The model on sample 0 alone, no graph: the reference for the batched pass's checks."""
     records: list[Record] = []
-    with torch.no_grad(), capture(ctx, records):
+    # under the guard: a random draw in the model would make the probe and the batch disagree
+    # by chance, so it is refused here, whichever way the comparison would fall
+    with torch.no_grad(), capture(ctx, records), typed_random_errors(ctx.api), guard(ctx.api):
         out = functional_call(ctx.model, (ctx.params, ctx.buffers), (batch[0][:1],))
     out = check_output(ctx.api, out)
     ctx.clone_output = {r.name for r in records if r.output._version != r.version}
@@ -309,7 +353,7 @@ def vmap_grads(
         return scalar_loss(api, loss)
 
     in_dims = (None,) + (0,) * len(batch)
-    with torch.enable_grad(), quiet_vmap():
+    with torch.enable_grad(), quiet_vmap(), typed_random_errors(api):
         result: dict[str, Tensor] = vmap(grad(sample_loss), in_dims=in_dims, chunk_size=chunk_size)(
             wanted, *batch
         )

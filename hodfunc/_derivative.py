@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import ParamSpec
+from typing import ParamSpec, overload
 
 import torch
 from torch import Tensor
@@ -18,10 +18,11 @@ from torch.func import jacfwd, jacrev
 from typing_extensions import TypeVarTuple, Unpack
 
 from . import _engines as _engines
-from ._call import Call, append_parameter
+from ._call import Call, WithDirection, append_parameter, split_direction
 from ._engine import Method, resolve
 from ._validate import (
     check_argnums,
+    check_callable,
     check_order,
     check_same_shape,
     check_scalar_arg,
@@ -64,6 +65,7 @@ def derivative(
         tensor(-24.)
     """
     api = "hodfunc.derivative"
+    check_callable(api, f)
     check_order(api, order)
     check_argnums(api, argnums)
     engine = resolve(api, method)
@@ -92,6 +94,7 @@ def derivatives(
         tensor([-16.,  24., -24.,  12.,   0.])
     """
     api = "hodfunc.derivatives"
+    check_callable(api, f)
     check_order(api, order)
     check_argnums(api, argnums)
     engine = resolve(api, method)
@@ -125,6 +128,7 @@ def partial(
         tensor(24.)
     """
     api = "hodfunc.partial"
+    check_callable(api, f)
     indices = check_wrt(api, wrt)
     check_argnums(api, argnums)
     engine = resolve(api, method)
@@ -139,29 +143,48 @@ def partial(
     return wrapped
 
 
+@overload
 def directional_derivative(
     f: Callable[[Unpack[Ts]], Tensor], order: int, *, argnums: int = 0, method: Method = "auto"
-) -> Callable[[Unpack[Ts], Tensor], Tensor]:
-    """``g(*args, v) = d^k/dt^k f(x + t v)`` at ``t = 0``, where ``x = args[argnums]``.
+) -> WithDirection[Unpack[Ts]]: ...
 
-    ``v`` has the shape of ``x``. For ``order=1`` this is the Jacobian-vector product; for
-    ``order=2`` it is ``v^T H v``.
+
+@overload
+def directional_derivative(
+    f: Callable[P, Tensor], order: int, *, argnums: int = 0, method: Method = "auto"
+) -> WithDirection[Unpack[tuple[object, ...]]]: ...
+
+
+def directional_derivative(
+    f: Callable[P, Tensor], order: int, *, argnums: int = 0, method: Method = "auto"
+) -> WithDirection[Unpack[tuple[object, ...]]]:
+    """``g(*args, v, **kwargs) = d^k/dt^k f(x + t v)`` at ``t = 0``, where ``x = args[argnums]``.
+
+    ``v`` has the shape of ``x`` and comes last among the positional arguments; keyword
+    arguments go on to ``f``. For ``order=1`` this is the Jacobian-vector product; for
+    ``order=2`` it is ``v^T H v``. (Typing: ``WithDirection`` keeps ``f``'s positional
+    parameter types and adds ``v``; keyword arguments are checked by ``f`` when called, since
+    Python's typing cannot append a parameter after a ``ParamSpec``.)
 
     Example:
         >>> import torch, hodfunc
         >>> g = hodfunc.directional_derivative(lambda x: (x**3).sum(), order=2)
         >>> g(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 1.0]))
         tensor(18.)
+        >>> h = hodfunc.directional_derivative(lambda x, *, a: (a * x**2).sum(), order=1)
+        >>> h(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 0.0]), a=3.0)
+        tensor(6.)
     """
     api = "hodfunc.directional_derivative"
+    check_callable(api, f)
     check_order(api, order)
     check_argnums(api, argnums)
     engine = resolve(api, method)
 
     @functools.wraps(f)
-    def wrapped(*args_and_v: object) -> Tensor:
-        *args, v = args_and_v
-        call = Call.bind(api, f, tuple(args), {}, argnums)
+    def wrapped(*args_and_v: object, **kwargs: object) -> Tensor:
+        args, v = split_direction(api, "v", args_and_v)
+        call = Call.bind(api, f, args, kwargs, argnums)
         direction = check_same_shape(api, "the direction v", v, call.x)
         warn_precision(api, call.x, order)
         return engine.jet(call, direction.to(call.x.dtype), order)[order]
@@ -184,6 +207,7 @@ def laplacian(
         tensor(6.)
     """
     api = "hodfunc.laplacian"
+    check_callable(api, f)
     check_argnums(api, argnums)
     engine = resolve(api, method)
 
@@ -214,6 +238,7 @@ def derivative_tensor(
         tensor(2.)
     """
     api = "hodfunc.derivative_tensor"
+    check_callable(api, f)
     check_order(api, order, fix="For the Jacobian use order=1, for the Hessian order=2.")
     check_argnums(api, argnums)
 

@@ -86,7 +86,7 @@ def per_sample_grad_norms(
     """
     api = "hodfunc.per_sample_grad_norms"
     chunk = check_chunk_size(api, chunk_size)
-    check_functional_module(api, model)
+    check_functional_module(api, model, loss_fn)
     size = check_batch(api, batch)
     ctx = _capture.make_context(api, model, loss_fn)
     step = chunk or size
@@ -191,7 +191,7 @@ def clipped_grad_sum(
     """
     api = "hodfunc.clipped_grad_sum"
     clip = check_max_norm(api, max_norm)
-    check_functional_module(api, model)
+    check_functional_module(api, model, loss_fn)
     size = check_batch(api, batch)
     ctx = _capture.make_context(api, model, loss_fn)
     total = batch[0].new_zeros(size, dtype=_dtype(ctx, batch))

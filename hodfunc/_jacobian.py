@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import ParamSpec
+from typing import ParamSpec, overload
 
 from torch import Tensor
 from torch.func import grad, jacrev, jvp, vmap
 from typing_extensions import TypeVarTuple, Unpack
 
-from ._call import Call, append_parameter
+from ._call import Call, WithDirection, append_parameter, split_direction
 from ._nested import basis
 from ._validate import (
     check_argnums,
+    check_callable,
     check_chunk_size,
     check_same_shape,
     check_scalar_output,
@@ -38,6 +39,7 @@ def jacobian(
                 [0., 6.]])
     """
     api = "hodfunc.jacobian"
+    check_callable(api, f)
     check_argnums(api, argnums)
     chunk = check_chunk_size(api, chunk_size)
 
@@ -65,6 +67,7 @@ def hessian(
                 [2., 0.]])
     """
     api = "hodfunc.hessian"
+    check_callable(api, f)
     check_argnums(api, argnums)
     chunk = check_chunk_size(api, chunk_size)
 
@@ -85,26 +88,41 @@ def hessian(
     return wrapped
 
 
-def hvp(
-    f: Callable[[Unpack[Ts]], Tensor], *, argnums: int = 0
-) -> Callable[[Unpack[Ts], Tensor], Tensor]:
-    """``g(*args, v) = H v``, the Hessian-vector product of a scalar function, never forming ``H``.
+@overload
+def hvp(f: Callable[[Unpack[Ts]], Tensor], *, argnums: int = 0) -> WithDirection[Unpack[Ts]]: ...
 
-    Forward over reverse (``jvp`` of ``grad``): about the cost of two gradients.
+
+@overload
+def hvp(
+    f: Callable[P, Tensor], *, argnums: int = 0
+) -> WithDirection[Unpack[tuple[object, ...]]]: ...
+
+
+def hvp(f: Callable[P, Tensor], *, argnums: int = 0) -> WithDirection[Unpack[tuple[object, ...]]]:
+    """``g(*args, v, **kwargs) = H v``, the Hessian-vector product of a scalar function, never
+    forming ``H``.
+
+    Forward over reverse (``jvp`` of ``grad``): about the cost of two gradients. ``v`` comes last
+    among the positional arguments; keyword arguments go on to ``f`` (typing as in
+    ``hodfunc.directional_derivative``).
 
     Example:
         >>> import torch, hodfunc
         >>> g = hodfunc.hvp(lambda x: (x**3).sum())
         >>> g(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 0.0]))
         tensor([6., 0.])
+        >>> h = hodfunc.hvp(lambda x, *, a: (a * x**3).sum())
+        >>> h(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 0.0]), a=2.0)
+        tensor([12.,  0.])
     """
     api = "hodfunc.hvp"
+    check_callable(api, f)
     check_argnums(api, argnums)
 
     @functools.wraps(f)
-    def wrapped(*args_and_v: object) -> Tensor:
-        *args, v = args_and_v
-        call = Call.bind(api, f, tuple(args), {}, argnums)
+    def wrapped(*args_and_v: object, **kwargs: object) -> Tensor:
+        args, v = split_direction(api, "v", args_and_v)
+        call = Call.bind(api, f, args, kwargs, argnums)
         direction = check_same_shape(api, "the vector v", v, call.x)
         warn_precision(api, call.x, 2)
 

@@ -14,13 +14,45 @@ from torch import Tensor, nn
 from . import _capture, _layers
 from ._allocator import empty_result
 from ._capture import LossFn as LossFn
+from ._capture import random_module_error
 from ._errors import ArgumentError, ArgumentTypeError, NonFunctionalModuleError, ShapeError, message
-from ._validate import check_chunk_size
+from ._validate import check_chunk_size, check_dense
 
 
-def check_per_sample_module(api: str, model: nn.Module) -> None:
-    """Raise if a submodule mixes samples, so that per-sample gradients are not defined."""
+def check_model(api: str, model: object, loss_fn: object) -> None:
+    """Raise unless ``model`` is an ``nn.Module`` and ``loss_fn`` is callable."""
+    if not isinstance(model, nn.Module):
+        raise ArgumentTypeError(
+            message(
+                api,
+                "model must be a torch.nn.Module (its trainable parameters are differentiated)",
+                f"{model!r} of type {type(model).__name__}",
+                "Pass the module itself; for a plain function of parameters use "
+                "torch.func.vmap(torch.func.grad(f)).",
+            )
+        )
+    if not callable(loss_fn):
+        raise ArgumentTypeError(
+            message(
+                api,
+                "loss_fn must be a callable loss_fn(output, *targets) returning one number",
+                f"{loss_fn!r} of type {type(loss_fn).__name__}",
+                "Pass the function, e.g. torch.nn.functional.mse_loss or torch.nn.MSELoss(), "
+                "not its name.",
+            )
+        )
+
+
+def check_per_sample_module(api: str, model: nn.Module, loss_fn: object) -> None:
+    """Raise if ``model`` is no module, ``loss_fn`` no callable, or a submodule mixes samples or
+    draws random numbers, so that per-sample gradients are not defined."""
+    check_model(api, model, loss_fn)
     for name, module in model.named_modules():
+        random = isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0
+        if (random or isinstance(module, nn.RReLU)) and module.training:
+            raise random_module_error(
+                api, f"{name or 'the model'} ({type(module).__name__}, training=True)"
+            )
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
             raise NonFunctionalModuleError(
                 message(
@@ -54,6 +86,7 @@ def check_batch(api: str, batch: tuple[Tensor, ...]) -> int:
                     repr(b) if not isinstance(b, Tensor) else "a 0-d tensor",
                 )
             )
+        check_dense(api, b, f"batch tensor {i}")
         sizes.append(b.shape[0])
     if len(set(sizes)) != 1:
         raise ShapeError(
@@ -64,12 +97,22 @@ def check_batch(api: str, batch: tuple[Tensor, ...]) -> int:
                 "Check that inputs and targets come from the same batch.",
             )
         )
+    if sizes[0] == 0:
+        raise ShapeError(
+            message(
+                api,
+                "the batch must hold at least one sample",
+                f"batch size 0 (shapes {[tuple(b.shape) for b in batch]})",
+                "Skip empty batches before the call (e.g. if len(x) == 0: continue).",
+            )
+        )
     return sizes[0]
 
 
-def check_functional_module(api: str, model: nn.Module) -> None:
-    """Raise for modules that write to their own parameters in forward (so cannot run purely)."""
-    check_per_sample_module(api, model)
+def check_functional_module(api: str, model: nn.Module, loss_fn: object) -> None:
+    """Raise for modules that write to their own parameters in forward (so cannot run purely),
+    and everything ``check_per_sample_module`` refuses."""
+    check_per_sample_module(api, model, loss_fn)
     for name, module in model.named_modules():
         if isinstance(module, nn.Embedding) and module.max_norm is not None:
             raise NonFunctionalModuleError(
@@ -189,7 +232,7 @@ def per_sample_grads(
     """
     api = "hodfunc.per_sample_grads"
     chunk = check_chunk_size(api, chunk_size)
-    check_functional_module(api, model)
+    check_functional_module(api, model, loss_fn)
     size = check_batch(api, batch)
     ctx = _capture.make_context(api, model, loss_fn)
     buffers = check_out(api, out, ctx.params, size)

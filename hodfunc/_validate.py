@@ -114,12 +114,52 @@ def select_arg(api: str, args: Sequence[object], argnums: int) -> tuple[int, Ten
     return index, x
 
 
+def check_callable(api: str, f: object, what: str = "f") -> None:
+    """Raise unless ``f`` is callable; transforms call this when they are built."""
+    if not callable(f):
+        raise ArgumentTypeError(
+            message(
+                api,
+                f"{what} must be a callable (the function to transform)",
+                f"{f!r} of type {type(f).__name__}",
+                "Pass the function itself, e.g. hodfunc.derivative(torch.sin) or "
+                "hodfunc.derivative(lambda x: x**3), not its name or its value.",
+            )
+        )
+
+
+def check_dense(api: str, x: Tensor, what: str) -> None:
+    """Raise unless ``x`` is dense (strided): torch.func cannot differentiate sparse tensors."""
+    if x.layout != torch.strided:
+        raise ArgumentTypeError(
+            message(
+                api,
+                f"{what} must be a dense (strided) tensor; torch.func transforms do not support "
+                "sparse layouts",
+                f"layout {x.layout} (shape {tuple(x.shape)})",
+                "Densify it first: x.to_dense().",
+            )
+        )
+
+
 def check_float_tensor(api: str, x: object, what: str) -> None:
-    """Raise unless ``x`` is a floating-point tensor."""
+    """Raise unless ``x`` is a dense real floating-point tensor."""
     if not isinstance(x, Tensor):
         raise ArgumentTypeError(
             message(
                 api, f"{what} must be a torch.Tensor", type(x).__name__, "Wrap it: torch.tensor(x)."
+            )
+        )
+    check_dense(api, x, what)
+    if x.is_complex():
+        raise ArgumentTypeError(
+            message(
+                api,
+                f"{what} must be real: hodfunc differentiates functions of real inputs",
+                x.dtype,
+                "Split it into two real arguments, f(re, im) with z = torch.complex(re, im) "
+                "inside, and differentiate each (argnums=0, argnums=1); pass z.real, z.imag. "
+                "(x.double() would drop the imaginary part.)",
             )
         )
     if not x.is_floating_point():
@@ -133,8 +173,9 @@ def check_float_tensor(api: str, x: object, what: str) -> None:
         )
 
 
-def check_output(api: str, out: object) -> Tensor:
-    """Return ``out`` if the user's function returned a tensor."""
+def check_output(api: str, out: object, *, differentiable: bool = True) -> Tensor:
+    """Return ``out`` if the user's function returned a tensor, of a floating or complex dtype
+    when it is to be differentiated (``differentiable``)."""
     if not isinstance(out, Tensor):
         raise ArgumentTypeError(
             message(
@@ -142,6 +183,18 @@ def check_output(api: str, out: object) -> Tensor:
                 "the function must return a torch.Tensor",
                 f"a {type(out).__name__}",
                 "Return a tensor (use torch.stack for several values; no .item()).",
+            )
+        )
+    if differentiable and not (out.is_floating_point() or out.is_complex()):
+        raise ArgumentTypeError(
+            message(
+                api,
+                "the function must return a floating-point tensor to be differentiated",
+                f"an output of dtype {out.dtype}",
+                "Do not cast the result to an integer or bool dtype (.long(), .round().int(), "
+                "x > 0): such a function is piecewise constant, so its derivatives are 0 "
+                "wherever they exist. Return the floating value, or torch.zeros_like(x) if 0 is "
+                "what you want.",
             )
         )
     return out
@@ -179,6 +232,7 @@ def check_same_shape(api: str, what: str, v: object, x: Tensor) -> Tensor:
     """Return ``v`` if it is a tensor with the shape of ``x``."""
     if not isinstance(v, Tensor):
         raise ArgumentTypeError(message(api, f"{what} must be a torch.Tensor", type(v).__name__))
+    check_dense(api, v, what)
     if v.shape != x.shape:
         raise ShapeError(
             message(

@@ -28,6 +28,7 @@ from ._ghost import check_max_norm
 from ._per_sample import LossFn, check_batch, check_per_sample_module
 from ._validate import (
     check_argnums,
+    check_callable,
     check_chunk_size,
     check_order,
     check_output,
@@ -109,6 +110,7 @@ def _chain(y: Tensor, x: Tensor, order: int) -> Tensor:
 def derivatives(f: Callable[P, Tensor], order: int, *, argnums: int = 0) -> Callable[P, Tensor]:
     """Twin of ``hodfunc.derivatives``: orders ``0..order``, shape ``(order+1, *out)``."""
     api = "hodfunc.imperative.derivatives"
+    check_callable(api, f)
     check_order(api, order)
     check_argnums(api, argnums)
 
@@ -133,6 +135,7 @@ def derivative(f: Callable[P, Tensor], order: int = 1, *, argnums: int = 0) -> C
     tensor(2.)
     """
     api = "hodfunc.imperative.derivative"
+    check_callable(api, f)
     check_order(api, order)
     check_argnums(api, argnums)
 
@@ -153,6 +156,7 @@ def partial(
 ) -> Callable[P, Tensor]:
     """Imperative twin of ``hodfunc.partial``: ``autograd.grad`` per index, then ``.backward()``."""
     api = "hodfunc.imperative.partial"
+    check_callable(api, f)
     indices = check_wrt(api, wrt)
     check_argnums(api, argnums)
 
@@ -186,6 +190,7 @@ def hessian(
             [2., 0.]])
     """
     api = "hodfunc.imperative.hessian"
+    check_callable(api, f)
     check_argnums(api, argnums)
     check_chunk_size(api, chunk_size)
 
@@ -218,7 +223,7 @@ def per_sample_grads(
     """
     api = "hodfunc.imperative.per_sample_grads"
     check_chunk_size(api, chunk_size)
-    check_per_sample_module(api, model)
+    check_per_sample_module(api, model, loss_fn)
     size = check_batch(api, batch)
     batch = tuple(b.detach() for b in batch)  # backward must not reach the caller's tensors
     private = copy.deepcopy(model)
@@ -249,8 +254,10 @@ def per_sample_grad_norms(
     >>> imperative.per_sample_grad_norms(model, torch.nn.functional.mse_loss, x, y)
     tensor([70.,  2.])
     """
+    api = "hodfunc.imperative.per_sample_grad_norms"
+    check_per_sample_module(api, model, loss_fn)
+    size = check_batch(api, batch)
     grads = per_sample_grads(model, loss_fn, *batch, chunk_size=chunk_size)
-    size = check_batch("hodfunc.imperative.per_sample_grad_norms", batch)
     squares = [g.reshape(size, -1).square().sum(1) for g in grads.values()]
     return torch.stack(squares).sum(0).sqrt() if squares else batch[0].new_zeros(size)
 
@@ -268,7 +275,10 @@ def clipped_grad_sum(
     >>> imperative.clipped_grad_sum(model, torch.nn.functional.mse_loss, x, y, max_norm=1.0)
     {'weight': tensor([[0.6000, 1.8000]])}
     """
-    clip = check_max_norm("hodfunc.imperative.clipped_grad_sum", max_norm)
+    api = "hodfunc.imperative.clipped_grad_sum"
+    clip = check_max_norm(api, max_norm)
+    check_per_sample_module(api, model, loss_fn)
+    check_batch(api, batch)
     grads = per_sample_grads(model, loss_fn, *batch)
     total = {k: torch.zeros_like(g[0]) for k, g in grads.items()}
     for i in range(batch[0].shape[0]):
