@@ -193,6 +193,8 @@ def sample_losses(ctx: Context, out: object, targets: tuple[Tensor, ...], size: 
     try:
         with quiet_vmap(), typed_random_errors(api):
             losses: Tensor = vmap(one)(out, *targets)
+    except NonFunctionalModuleError:
+        raise
     except RuntimeError as e:
         raise UnsupportedOperationError(
             message(
