@@ -28,6 +28,8 @@ class WithDirection(Protocol[Unpack[Ts]]):
     ``*tuple[object, ...]``.
     """
 
+    __name__: str  # f's, as functools.wraps copies it
+
     def __call__(self, *args: Unpack[tuple[Unpack[Ts], Tensor]], **kwargs: object) -> Tensor: ...
 
 

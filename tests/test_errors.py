@@ -223,7 +223,7 @@ def test_errors_are_also_the_builtin_types_callers_catch() -> None:
     assert issubclass(hodfunc.ArgumentError, ValueError)
     assert issubclass(hodfunc.ArgumentTypeError, TypeError)
     assert issubclass(hodfunc.ShapeError, ValueError)
-    with pytest.raises(ValueError, match="order must be an int >= 0"):
+    with pytest.raises(ValueError, match="order must be an int"):
         hodfunc.derivative(cube, -1)
 
 
