@@ -31,13 +31,14 @@ if TYPE_CHECKING:
     from ._errors import NonFunctionalModuleError as NonFunctionalModuleError
     from ._errors import PiecewiseLinearWarning as PiecewiseLinearWarning
     from ._errors import PrecisionWarning as PrecisionWarning
+    from ._errors import RangeWarning as RangeWarning
     from ._errors import ShapeError as ShapeError
     from ._errors import UnsupportedOperationError as UnsupportedOperationError
-    from ._ghost import clipped_grad_sum as clipped_grad_sum
-    from ._ghost import per_sample_grad_norms as per_sample_grad_norms
     from ._jacobian import hessian as hessian
     from ._jacobian import hvp as hvp
     from ._jacobian import jacobian as jacobian
+    from ._per_sample import clipped_grad_sum as clipped_grad_sum
+    from ._per_sample import per_sample_grad_norms as per_sample_grad_norms
     from ._per_sample import per_sample_grads as per_sample_grads
     from ._taylor import clear_cache as clear_cache
 
@@ -62,10 +63,11 @@ _LAZY = {
     "NonFunctionalModuleError": "._errors",
     "PiecewiseLinearWarning": "._errors",
     "PrecisionWarning": "._errors",
+    "RangeWarning": "._errors",
     "ShapeError": "._errors",
     "UnsupportedOperationError": "._errors",
-    "clipped_grad_sum": "._ghost",
-    "per_sample_grad_norms": "._ghost",
+    "clipped_grad_sum": "._per_sample",
+    "per_sample_grad_norms": "._per_sample",
     "hessian": "._jacobian",
     "hvp": "._jacobian",
     "jacobian": "._jacobian",
@@ -99,6 +101,7 @@ __all__ = [
     "NonFunctionalModuleError",
     "PiecewiseLinearWarning",
     "PrecisionWarning",
+    "RangeWarning",
     "ShapeError",
     "UnsupportedOperationError",
     "batched",

@@ -18,6 +18,7 @@ __all__ = [
     "NonFunctionalModuleError",
     "PiecewiseLinearWarning",
     "PrecisionWarning",
+    "RangeWarning",
     "ShapeError",
     "UnsupportedOperationError",
     "message",
@@ -76,6 +77,12 @@ class FallbackWarning(HodfuncWarning):
 
 class CacheWarning(HodfuncWarning):
     """A Taylor-mode trace cannot be cached soundly, so the function is traced on every call."""
+
+
+class RangeWarning(HodfuncWarning):
+    """A derivative lies outside the range of its dtype (it overflows to inf or underflows to 0),
+    so the value returned for it is not the derivative. The message names the orders, their
+    magnitude and the fix (usually float64)."""
 
 
 class NonFunctionalError(HodfuncError, RuntimeError):

@@ -24,8 +24,8 @@ from typing import ParamSpec
 import torch
 from torch import Tensor, nn
 
-from ._ghost import check_max_norm
-from ._per_sample import LossFn, check_batch, check_per_sample_module
+from ._per_sample._grads import LossFn, check_batch, check_per_sample_module
+from ._per_sample._norms import check_max_norm
 from ._validate import (
     check_argnums,
     check_callable,

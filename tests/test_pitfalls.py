@@ -155,7 +155,8 @@ class Net(nn.Module):
 
 def _net() -> Net:
     # Seed 1 leaves 3 of the 5 units active at x = (1, 1), as the notebook's left 2 of 5. The
-    # notebook's weights are unknown (no seed); hodfunc._cli._demo.notebook_net fits them to its prints.
+    # notebook's weights are unknown (no seed); hodfunc._cli._demo.notebook_net fits them to its
+    # prints.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
         return Net()

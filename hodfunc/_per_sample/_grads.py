@@ -11,12 +11,18 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from .._allocator import empty_result
+from .._errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    NonFunctionalModuleError,
+    ShapeError,
+    message,
+)
+from .._validate import check_chunk_size, check_dense
 from . import _capture, _layers
-from ._allocator import empty_result
 from ._capture import LossFn as LossFn
 from ._capture import random_module_error
-from ._errors import ArgumentError, ArgumentTypeError, NonFunctionalModuleError, ShapeError, message
-from ._validate import check_chunk_size, check_dense
 
 
 def check_model(api: str, model: object, loss_fn: object) -> None:
@@ -256,33 +262,19 @@ def _batched_grads(
     """Fill ``result`` for the parameters the batched pass covers; return their names."""
     if not ctx.layers:
         return set()
-    ref = _capture.probe(ctx, batch)
-    step = chunk or size
-    first: dict[str, list[_capture.Record]] | None = None
-    for s in range(0, size, step):
-        part = tuple(b[s : s + step] for b in batch)
-        n = part[0].shape[0]
-        outputs, losses, records = _capture.forward(ctx, part)
-        if first is None:
-            first = _capture.covered_layers(ctx, n, ref, outputs, losses, records) or {}
-            calls = first
-            for name in first:
-                for k in ctx.layers[name][2].values():
-                    p = ctx.params[k]
-                    result[k] = (
-                        buffers[k] if buffers is not None else empty_result((size, *p.shape), p)
-                    )
-        else:
-            calls = _capture.regroup(ctx, first, records, n)
-        if not calls:
+    covered: set[str] = set()
+    for done in _capture.passes(ctx, batch, chunk or size):
+        if done.mixes or not done.covered:
             return set()
-        forms = _capture.layer_factors(ctx, calls, losses.sum(), retain_graph=False)
-        for name, f in forms.items():
-            local = ctx.layers[name][2]
-            w, b = local.get("weight"), local.get("bias")
+        if done.start == 0:
+            covered = _capture.covered_params(ctx, done.covered)
+            for k in covered:
+                p = ctx.params[k]
+                result[k] = buffers[k] if buffers is not None else empty_result((size, *p.shape), p)
+        rows = slice(done.start, done.start + done.size)
+        for name, form in done.forms.items():
+            w, b = ctx.layers[name].param("weight"), ctx.layers[name].param("bias")
             _layers.write(
-                f,
-                None if w is None else result[w][s : s + n],
-                None if b is None else result[b][s : s + n],
+                form, None if w is None else result[w][rows], None if b is None else result[b][rows]
             )
-    return _capture.covered_params(ctx, first or {})
+    return covered

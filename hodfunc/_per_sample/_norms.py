@@ -13,18 +13,18 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .._errors import ArgumentError, ArgumentTypeError, message
+from .._validate import check_chunk_size
 from . import _capture, _layers
 from ._capture import LossFn
-from ._errors import ArgumentError, ArgumentTypeError, message
-from ._per_sample import check_batch, check_functional_module
-from ._validate import check_chunk_size
+from ._grads import check_batch, check_functional_module
 
 
 def _layer_norms_sq(ctx: _capture.Context, forms: dict[str, _layers.Factors], into: Tensor) -> None:
     """Add every covered layer's per-sample squared gradient norm to ``into``."""
     for name, f in forms.items():
-        local = ctx.layers[name][2]
-        into += _layers.norm_sq(f, "weight" in local, "bias" in local)
+        layer = ctx.layers[name]
+        into += _layers.norm_sq(f, "weight" in layer.params, "bias" in layer.params)
 
 
 def _fallback_norms_sq(
@@ -94,22 +94,11 @@ def per_sample_grad_norms(
     done: set[str] = set()
     with torch.random.fork_rng(devices=[]):
         if ctx.layers:
-            ref = _capture.probe(ctx, batch)
-            first: dict[str, list[_capture.Record]] | None = None
-            for s in range(0, size, step):
-                part = tuple(b[s : s + step] for b in batch)
-                n = part[0].shape[0]
-                out, losses, records = _capture.forward(ctx, part)
-                if first is None:
-                    first = _capture.covered_layers(ctx, n, ref, out, losses, records) or {}
-                    calls = first
-                    if not first:
-                        break
-                else:
-                    calls = _capture.regroup(ctx, first, records, n)
-                forms = _capture.layer_factors(ctx, calls, losses.sum(), retain_graph=False)
-                _layer_norms_sq(ctx, forms, total[s : s + n])
-            done = _capture.covered_params(ctx, first or {})
+            for part in _capture.passes(ctx, batch, step):
+                if part.mixes or not part.covered:
+                    break
+                _layer_norms_sq(ctx, part.forms, total[part.start : part.start + part.size])
+                done = _capture.covered_params(ctx, part.covered)
         rest = [k for k in ctx.params if k not in done]
         _fallback_norms_sq(ctx, rest, batch, step, total)
     return total.sqrt()
@@ -196,23 +185,20 @@ def clipped_grad_sum(
     ctx = _capture.make_context(api, model, loss_fn)
     total = batch[0].new_zeros(size, dtype=_dtype(ctx, batch))
     with torch.random.fork_rng(devices=[]):
-        ref = _capture.probe(ctx, batch) if ctx.layers else None
-        out, losses, records = _capture.forward(ctx, batch)
-        covered: dict[str, list[_capture.Record]] | None = {}
-        if ref is not None:
-            covered = _capture.covered_layers(ctx, size, ref, out, losses, records)
-        if covered is None:  # the model mixes samples: no batched graph to reweight
+        # the whole batch in one pass; its graph is kept for the reweighted backward of the rest
+        (only,) = _capture.passes(ctx, batch, size, retain_graph=True)
+        if only.mixes:  # no batched graph to reweight
             return _clipped_by_vmap(ctx, batch, clip)
-        done = _capture.covered_params(ctx, covered)
+        forms, losses = only.forms, only.losses
+        done = _capture.covered_params(ctx, only.covered)
         rest = [k for k in ctx.params if k not in done]
-        forms = _capture.layer_factors(ctx, covered, losses.sum(), retain_graph=bool(rest))
         _layer_norms_sq(ctx, forms, total)
         _fallback_norms_sq(ctx, rest, batch, size, total)
         norms = total.sqrt()
         weights = torch.where(norms > clip, clip / norms, torch.ones_like(norms)).detach()
         result: dict[str, Tensor] = {}
         for name, f in forms.items():
-            local = ctx.layers[name][2]
+            local = ctx.layers[name].params
             gw, gb = _layers.weighted_sum(f, weights, "weight" in local, "bias" in local)
             for pname, g in (("weight", gw), ("bias", gb)):
                 if g is not None:

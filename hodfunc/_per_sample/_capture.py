@@ -21,7 +21,7 @@ Everything else falls back to ``vmap(grad(functional_call))`` for just those par
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -31,16 +31,16 @@ from torch.autograd.graph import Node, get_gradient_edge
 from torch.func import functional_call, grad, vmap
 from torch.nn.modules.module import _global_forward_hooks
 
-from . import _layers
-from ._errors import (
+from .._errors import (
     NonFunctionalError,
     NonFunctionalModuleError,
     ShapeError,
     UnsupportedOperationError,
     message,
 )
-from ._functional import guard
-from ._validate import check_output
+from .._functional import guard
+from .._validate import check_output
+from . import _layers
 
 LossFn = Callable[..., Tensor]
 
@@ -101,6 +101,20 @@ class Record:
     version: int
 
 
+@dataclass(frozen=True)
+class CapturedLayer:
+    """A module with a per-layer rule, and the parameters the batched pass computes for it."""
+
+    module: nn.Module
+    kind: _layers.Kind
+    params: Mapping[str, str]
+    """``"weight"``/``"bias"`` -> the parameter's name in the model."""
+
+    def param(self, local: str) -> str | None:
+        """The model's name of the layer's ``local`` parameter (``"weight"``...), if computed."""
+        return self.params.get(local)
+
+
 @dataclass
 class Context:
     """Everything one public call needs: the model seen functionally, with private leaves."""
@@ -110,8 +124,8 @@ class Context:
     loss_fn: LossFn
     params: dict[str, Tensor]
     buffers: dict[str, Tensor]
-    # module name -> (module, kind, {"weight"/"bias": parameter name}) for modules with a rule
-    layers: dict[str, tuple[nn.Module, _layers.Kind, dict[str, str]]] = field(default_factory=dict)
+    layers: dict[str, CapturedLayer] = field(default_factory=dict)
+    """Module name -> the module with a rule, for every module the batched pass may cover."""
     # modules whose output is modified in place downstream: the hook hands on a clone
     clone_output: set[str] = field(default_factory=set)
 
@@ -144,7 +158,7 @@ def make_context(api: str, model: nn.Module, loss_fn: LossFn) -> Context:
                 break
             local[pname] = names[id(p)]
         if local:
-            ctx.layers[mname] = (module, kind, local)
+            ctx.layers[mname] = CapturedLayer(module, kind, local)
     return ctx
 
 
@@ -164,8 +178,8 @@ def capture(ctx: Context, records: list[Record]) -> Iterator[None]:
         return hook
 
     try:
-        for name, (module, _, _) in ctx.layers.items():
-            handles.append(module.register_forward_hook(hook_for(name)))
+        for name, layer in ctx.layers.items():
+            handles.append(layer.module.register_forward_hook(hook_for(name)))
         yield
     finally:
         for h in handles:
@@ -286,7 +300,8 @@ def covered_layers(
     parents = _consumers(losses.grad_fn)
     result: dict[str, list[Record]] = {}
     for name, recs in calls.items():
-        module, kind, local = ctx.layers[name]
+        layer = ctx.layers[name]
+        module, kind = layer.module, layer.kind
         refs = ref_calls.get(name, [])
         if kind == "conv" and len(recs) > 1:
             continue
@@ -303,7 +318,7 @@ def covered_layers(
         inside: set[Node] = set().union(*(_local_nodes(r) for r in recs))
         if all(
             set(parents.get(get_gradient_edge(ctx.params[p]).node, [])) <= inside
-            for p in local.values()
+            for p in layer.params.values()
         ):
             result[name] = recs
     return result
@@ -322,20 +337,68 @@ def layer_factors(
     result: dict[str, _layers.Factors] = {}
     i = 0
     for name, recs in covered.items():
-        module, kind, _ = ctx.layers[name]
+        layer = ctx.layers[name]
         parts = []
         for r in recs:
             d = deltas[i]
             i += 1
             d = torch.zeros_like(r.output) if d is None else d
-            parts.append(_layers.factors(module, kind, r.x.detach(), d.detach()))
+            parts.append(_layers.factors(layer.module, layer.kind, r.x.detach(), d.detach()))
         result[name] = _layers.concat(parts)
     return result
 
 
 def covered_params(ctx: Context, covered: dict[str, list[Record]]) -> set[str]:
     """Names of the parameters the batched pass handles."""
-    return {p for name in covered for p in ctx.layers[name][2].values()}
+    return {p for name in covered for p in ctx.layers[name].params.values()}
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One captured batched forward and backward over ``size`` samples from ``start``."""
+
+    start: int
+    size: int
+    forms: dict[str, _layers.Factors]
+    """Covered module name -> its canonical form (``_layers``) for these samples."""
+    losses: Tensor
+    """The per-sample losses, still attached to the graph (for a further backward)."""
+    covered: dict[str, list[Record]]
+    """The modules the batched pass covers, with the first pass's calls."""
+    mixes: bool = False
+    """The model mixes samples: nothing may be read off the batched graph (``forms`` is empty
+    and no further pass follows)."""
+
+
+def passes(
+    ctx: Context, batch: tuple[Tensor, ...], step: int, *, retain_graph: bool = False
+) -> Iterator[Pass]:
+    """The batched passes of ``per_sample_grads``, the ghost norms and the clipped sum: ``step``
+    samples at a time, each one forward with capture and one backward to the covered layers'
+    outputs, reduced to canonical forms.
+
+    The first pass decides which modules are covered (``covered_layers``, against a probe of
+    sample 0); later ones must call them the same way (``regroup``). A model that mixes samples
+    yields one ``Pass`` with ``mixes=True`` and stops. A model without any layer rule is not
+    probed: every pass covers nothing.
+    """
+    size = batch[0].shape[0]
+    ref = probe(ctx, batch) if ctx.layers else None
+    covered: dict[str, list[Record]] | None = None
+    for start in range(0, size, step):
+        part = tuple(b[start : start + step] for b in batch)
+        n = part[0].shape[0]
+        out, losses, records = forward(ctx, part)
+        if covered is None:
+            found = {} if ref is None else covered_layers(ctx, n, ref, out, losses, records)
+            if found is None:
+                yield Pass(start, n, {}, losses, {}, mixes=True)
+                return
+            covered = calls = found
+        else:
+            calls = regroup(ctx, covered, records, n)
+        forms = layer_factors(ctx, calls, losses.sum(), retain_graph=retain_graph)
+        yield Pass(start, n, forms, losses, covered)
 
 
 def vmap_grads(

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 import hodfunc
-from hodfunc import _capture, imperative
+from hodfunc import imperative
+from hodfunc._per_sample import _capture
 
 B = 5
 Batch = tuple[Tensor, ...]
