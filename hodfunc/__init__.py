@@ -12,14 +12,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ._allocator import tune_cpu_allocator as tune_cpu_allocator
-    from ._batched import batched as batched
-    from ._derivative import derivative as derivative
-    from ._derivative import derivative_tensor as derivative_tensor
-    from ._derivative import derivatives as derivatives
-    from ._derivative import directional_derivative as directional_derivative
-    from ._derivative import laplacian as laplacian
-    from ._derivative import partial as partial
-    from ._engine import Method as Method
     from ._errors import ArgumentError as ArgumentError
     from ._errors import ArgumentTypeError as ArgumentTypeError
     from ._errors import CacheWarning as CacheWarning
@@ -34,24 +26,32 @@ if TYPE_CHECKING:
     from ._errors import RangeWarning as RangeWarning
     from ._errors import ShapeError as ShapeError
     from ._errors import UnsupportedOperationError as UnsupportedOperationError
-    from ._jacobian import hessian as hessian
-    from ._jacobian import hvp as hvp
-    from ._jacobian import jacobian as jacobian
     from ._per_sample import clipped_grad_sum as clipped_grad_sum
     from ._per_sample import per_sample_grad_norms as per_sample_grad_norms
     from ._per_sample import per_sample_grads as per_sample_grads
     from ._taylor import clear_cache as clear_cache
+    from ._transforms._batched import batched as batched
+    from ._transforms._derivative import derivative as derivative
+    from ._transforms._derivative import derivative_tensor as derivative_tensor
+    from ._transforms._derivative import derivatives as derivatives
+    from ._transforms._derivative import directional_derivative as directional_derivative
+    from ._transforms._derivative import laplacian as laplacian
+    from ._transforms._derivative import partial as partial
+    from ._transforms._jacobian import hessian as hessian
+    from ._transforms._jacobian import hvp as hvp
+    from ._transforms._jacobian import jacobian as jacobian
+    from ._transforms._method import Method as Method
 
 _LAZY = {
     "tune_cpu_allocator": "._allocator",
-    "batched": "._batched",
-    "derivative": "._derivative",
-    "derivative_tensor": "._derivative",
-    "derivatives": "._derivative",
-    "directional_derivative": "._derivative",
-    "laplacian": "._derivative",
-    "partial": "._derivative",
-    "Method": "._engine",
+    "batched": "._transforms._batched",
+    "derivative": "._transforms._derivative",
+    "derivative_tensor": "._transforms._derivative",
+    "derivatives": "._transforms._derivative",
+    "directional_derivative": "._transforms._derivative",
+    "laplacian": "._transforms._derivative",
+    "partial": "._transforms._derivative",
+    "Method": "._transforms._method",
     "ArgumentError": "._errors",
     "ArgumentTypeError": "._errors",
     "CacheWarning": "._errors",
@@ -68,9 +68,9 @@ _LAZY = {
     "UnsupportedOperationError": "._errors",
     "clipped_grad_sum": "._per_sample",
     "per_sample_grad_norms": "._per_sample",
-    "hessian": "._jacobian",
-    "hvp": "._jacobian",
-    "jacobian": "._jacobian",
+    "hessian": "._transforms._jacobian",
+    "hvp": "._transforms._jacobian",
+    "jacobian": "._transforms._jacobian",
     "per_sample_grads": "._per_sample",
     "clear_cache": "._taylor",
 }

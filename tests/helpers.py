@@ -8,17 +8,16 @@ torch.Size([1])
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from hodfunc import Method
-from hodfunc._engine import available_methods
+from hodfunc._transforms._method import available_methods
 
 __all__ = ["ACTIVATIONS", "METHODS", "MLP", "assert_close", "mlp", "seeded"]
 
-METHODS = cast(tuple[Method, ...], available_methods())
+METHODS: tuple[Method, ...] = available_methods()
 """Every ``method=`` registered; functional-vs-oracle tests run once per method."""
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {

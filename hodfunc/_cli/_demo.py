@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .. import _derivative, _jacobian, imperative
+from .. import imperative
+from .._transforms import _derivative, _jacobian
 from ..imperative import backward
 
 # What the seeds printed (001: the notebook; 000: the article).

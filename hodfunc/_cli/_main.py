@@ -19,7 +19,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, NoReturn, cast, overload
+from typing import TYPE_CHECKING, NoReturn, overload
 
 from .._errors import ArgumentError, FallbackWarning, HodfuncError, HodfuncWarning, message
 from ._expr import Expression, check_var, parse
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
-    from .._engine import Method
+    from .._transforms._method import Method
 
 __all__ = ["MAX_AT_POINTS", "MAX_ORDER", "MAX_VALUES", "main"]
 
@@ -77,14 +77,11 @@ output twice plus --chunk-size points of working memory.
 
 
 class _Methods(Sequence[str]):
-    """The ``--method`` choices, read from hodfunc's registry only when argparse needs them.
-
-    Reading the registry imports torch, so this is deferred: a refused expression never pays it.
-    """
+    """The ``--method`` choices, read from hodfunc's method names only when argparse needs them
+    (``_transforms._method`` imports no torch, and a refused expression reads nothing)."""
 
     def _names(self) -> tuple[str, ...]:
-        from .. import _engines  # noqa: F401  (registers the built-in methods)
-        from .._engine import available_methods
+        from .._transforms._method import available_methods
 
         return (*available_methods(), "imperative")
 
@@ -296,7 +293,9 @@ def _plot_range(args: argparse.Namespace, at: Sequence[float]) -> tuple[float, f
 
 def _method(name: str) -> Method | None:
     """The registered method named ``name`` (None for ``imperative``)."""
-    return None if name == "imperative" else cast("Method", name)
+    from .._transforms._method import is_method
+
+    return name if is_method(name) else None
 
 
 def _evaluate(

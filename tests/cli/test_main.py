@@ -21,7 +21,7 @@ from torch import Tensor
 import hodfunc
 from hodfunc import FallbackWarning, imperative
 from hodfunc._cli._main import MAX_ORDER, main
-from hodfunc._engine import available_methods
+from hodfunc._transforms._method import available_methods
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -10,9 +10,9 @@ from torch import Tensor
 from torch.func import grad, jacrev, jvp, vmap
 from typing_extensions import TypeVarTuple, Unpack
 
-from ._call import Call, WithDirection, append_parameter, split_direction
-from ._nested import basis
-from ._validate import (
+from .._call import Call, WithDirection, append_parameter, split_direction
+from .._nested import basis
+from .._validate import (
     check_argnums,
     check_callable,
     check_chunk_size,

@@ -17,10 +17,8 @@ from torch import Tensor
 from torch.func import jacfwd, jacrev
 from typing_extensions import TypeVarTuple, Unpack
 
-from . import _engines as _engines
-from ._call import Call, WithDirection, append_parameter, split_direction
-from ._engine import Method, resolve
-from ._validate import (
+from .._call import Call, WithDirection, append_parameter, split_direction
+from .._validate import (
     check_argnums,
     check_callable,
     check_order,
@@ -30,6 +28,8 @@ from ._validate import (
     check_wrt_range,
     warn_precision,
 )
+from ._engines import resolve
+from ._method import Method
 
 P = ParamSpec("P")
 Ts = TypeVarTuple("Ts")

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from ._errors import ArgumentError, ArgumentTypeError, ShapeError, message
-from ._validate import check_callable, check_chunk_size, check_dense, check_output
+from .._errors import ArgumentError, ArgumentTypeError, ShapeError, message
+from .._validate import check_callable, check_chunk_size, check_dense, check_output
 
 P = ParamSpec("P")
 
