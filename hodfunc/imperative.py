@@ -107,9 +107,10 @@ def _chain(y: Tensor, x: Tensor, order: int) -> Tensor:
     return torch.stack(out)
 
 
-def derivatives(f: Callable[P, Tensor], order: int, *, argnums: int = 0) -> Callable[P, Tensor]:
-    """Twin of ``hodfunc.derivatives``: orders ``0..order``, shape ``(order+1, *out)``."""
-    api = "hodfunc.imperative.derivatives"
+def _chained(
+    api: str, f: Callable[P, Tensor], order: int, argnums: int, *, only_top: bool
+) -> Callable[P, Tensor]:
+    """``derivatives`` (orders ``0..order``, stacked) or, ``only_top``, ``derivative``."""
     check_callable(api, f)
     check_order(api, order)
     check_argnums(api, argnums)
@@ -121,9 +122,15 @@ def derivatives(f: Callable[P, Tensor], order: int, *, argnums: int = 0) -> Call
         with _private_leaf(api, args, argnums) as (x, call_args):
             check_scalar_arg(api, x)
             warn_precision(api, x, order)
-            return _chain(check_output(api, fn(*call_args, **kwargs)), x, order)
+            orders = _chain(check_output(api, fn(*call_args, **kwargs)), x, order)
+            return orders[order] if only_top else orders
 
     return wrapped
+
+
+def derivatives(f: Callable[P, Tensor], order: int, *, argnums: int = 0) -> Callable[P, Tensor]:
+    """Twin of ``hodfunc.derivatives``: orders ``0..order``, shape ``(order+1, *out)``."""
+    return _chained("hodfunc.imperative.derivatives", f, order, argnums, only_top=False)
 
 
 def derivative(f: Callable[P, Tensor], order: int = 1, *, argnums: int = 0) -> Callable[P, Tensor]:
@@ -134,21 +141,7 @@ def derivative(f: Callable[P, Tensor], order: int = 1, *, argnums: int = 0) -> C
     >>> imperative.derivative(lambda x: x**2, order=2)(torch.tensor(3.0))
     tensor(2.)
     """
-    api = "hodfunc.imperative.derivative"
-    check_callable(api, f)
-    check_order(api, order)
-    check_argnums(api, argnums)
-
-    fn: Callable[..., object] = f
-
-    @functools.wraps(f)
-    def wrapped(*args: P.args, **kwargs: P.kwargs) -> Tensor:
-        with _private_leaf(api, args, argnums) as (x, call_args):
-            check_scalar_arg(api, x)
-            warn_precision(api, x, order)
-            return _chain(check_output(api, fn(*call_args, **kwargs)), x, order)[order]
-
-    return wrapped
+    return _chained("hodfunc.imperative.derivative", f, order, argnums, only_top=True)
 
 
 def partial(

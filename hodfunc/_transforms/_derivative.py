@@ -35,6 +35,32 @@ P = ParamSpec("P")
 Ts = TypeVarTuple("Ts")
 
 
+def _scalar_jet(
+    api: str,
+    f: Callable[P, Tensor],
+    order: int,
+    argnums: int,
+    method: Method,
+    *,
+    only_top: bool,
+) -> Callable[P, Tensor]:
+    """``derivatives`` (all orders ``0..order``, stacked) or, ``only_top``, ``derivative``."""
+    check_callable(api, f)
+    check_order(api, order)
+    check_argnums(api, argnums)
+    engine = resolve(api, method)
+
+    @functools.wraps(f)
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> Tensor:
+        call = Call.bind(api, f, args, kwargs, argnums)
+        check_scalar_arg(api, call.x)
+        warn_precision(api, call.x, order)
+        orders = engine.jet(call, torch.ones_like(call.x), order)
+        return orders[order] if only_top else orders
+
+    return wrapped
+
+
 def derivative(
     f: Callable[P, Tensor], order: int = 1, *, argnums: int = 0, method: Method = "auto"
 ) -> Callable[P, Tensor]:
@@ -64,20 +90,7 @@ def derivative(
         >>> d2(torch.tensor(-2.0))
         tensor(-24.)
     """
-    api = "hodfunc.derivative"
-    check_callable(api, f)
-    check_order(api, order)
-    check_argnums(api, argnums)
-    engine = resolve(api, method)
-
-    @functools.wraps(f)
-    def wrapped(*args: P.args, **kwargs: P.kwargs) -> Tensor:
-        call = Call.bind(api, f, args, kwargs, argnums)
-        check_scalar_arg(api, call.x)
-        warn_precision(api, call.x, order)
-        return engine.jet(call, torch.ones_like(call.x), order)[order]
-
-    return wrapped
+    return _scalar_jet("hodfunc.derivative", f, order, argnums, method, only_top=True)
 
 
 def derivatives(
@@ -93,20 +106,7 @@ def derivatives(
         >>> hodfunc.derivatives(lambda x: 2 * x**3, order=4)(torch.tensor(-2.0))
         tensor([-16.,  24., -24.,  12.,   0.])
     """
-    api = "hodfunc.derivatives"
-    check_callable(api, f)
-    check_order(api, order)
-    check_argnums(api, argnums)
-    engine = resolve(api, method)
-
-    @functools.wraps(f)
-    def wrapped(*args: P.args, **kwargs: P.kwargs) -> Tensor:
-        call = Call.bind(api, f, args, kwargs, argnums)
-        check_scalar_arg(api, call.x)
-        warn_precision(api, call.x, order)
-        return engine.jet(call, torch.ones_like(call.x), order)
-
-    return wrapped
+    return _scalar_jet("hodfunc.derivatives", f, order, argnums, method, only_top=False)
 
 
 def partial(
