@@ -338,8 +338,8 @@ def test_directions_repeated_at_every_point_go_through_a_linear_layer_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """On a whole batch the seeded direction is the same at every point (an ``expand``); the
-    first linear layer maps it once (``_rules._repeated``) and the result is still per point."""
-    from hodfunc._taylor import _rules
+    first linear layer maps it once (``_rules._products._repeated``) and the result is still per point."""
+    from hodfunc._taylor._rules import _products
     from hodfunc._taylor._memory import compact
 
     narrowed: list[bool] = []
@@ -349,7 +349,7 @@ def test_directions_repeated_at_every_point_go_through_a_linear_layer_once(
         narrowed.append(out.shape != t.shape)
         return out
 
-    monkeypatch.setattr(_rules, "compact", spy)
+    monkeypatch.setattr(_products, "compact", spy)
     b = torch.randn(6, dtype=F64, generator=torch.Generator().manual_seed(6))
 
     def f(x: Tensor) -> Tensor:

@@ -64,6 +64,7 @@ def run(
                 frozenset(id(env[slot]) for slot in step.donated) if step.donated else none
             )
             ctx.first = step.first
+            ctx.name, ctx.overload = ins.name, ins.overload
             out = lookup(ins.name)(ctx, ins.fn, args, kwargs)
             tags = frozenset(ctx.piecewise.union(*(j.through for j in jets if j.through)))
             affine = keeps_affine(ins.name, args, jets)

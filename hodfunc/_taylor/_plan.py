@@ -3,12 +3,12 @@
 - **Overwriting** (``Step.donated``). A rule may write its result into an argument's coefficients
   instead of new memory (the collapsed activation scales the linear layer's result in place) when
   nothing can see them any more: the argument is read for the last time, it and every view of it
-  are dead, and it was computed by a rule known to return new coefficients (``FRESH_RESULTS``), so
+  are dead, and it was computed by a rule known to return new coefficients (``RuleSpec.fresh``), so
   it shares memory with nothing else. Views are followed through ATen's alias annotations; any op
   whose aliasing is unknown makes everything it read ineligible. Adding a constant
-  (``ADDS_IN_PLACE``) returns new memory only when its argument was given to it (then it adds in
-  place, or returns the argument itself for ``x + 0``). Nothing is overwritten when
-  autograd or a differentiation transform may record the run (``_interpret.may_record``: it looks
+  (``RuleSpec.adds_in_place``) returns new memory only when its argument was given to it (then it
+  adds in place, or returns the argument itself for ``x + 0``). Nothing is overwritten when
+  autograd or a differentiation transform may record the run (``_functorch.may_record``: it looks
   through ``vmap``'s wrappers and at the tensors the trace baked in), since a backward formula may
   have saved the argument.
 - **First orders nobody reads** (``Step.first``). In collapsed mode a caller that wants only the
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from torch.utils import _pytree as pytree
 
 from .._functorch import aliases_input
-from ._rules import ADDS_IN_PLACE, FRESH_RESULTS, ROW_WISE, UNARY_OPS, VIEWS
+from ._rules import spec_of
 from ._trace import Program, Ref
 
 __all__ = ["Step", "plan"]
@@ -89,12 +89,12 @@ def _donations(program: Program, reads: list[list[int]]) -> list[frozenset[int]]
     conditional: dict[int, int] = {}  # an add's result: new memory iff its jet argument is given
     for index, (ins, slots) in enumerate(zip(program.instructions, reads, strict=True)):
         carried = [slot for slot in slots if slot in jets]
-        if ins.depends and ins.name in FRESH_RESULTS:
+        if ins.depends and spec_of(ins.name).fresh:
             root[ins.slot] = ins.slot
-        elif ins.depends and ins.name in ADDS_IN_PLACE and len(carried) == 1:
+        elif ins.depends and spec_of(ins.name).adds_in_place and len(carried) == 1:
             root[ins.slot] = ins.slot
             conditional[index] = carried[0]
-        elif ins.depends and slots and (aliases_input(ins.fn) or ins.name in VIEWS):
+        elif ins.depends and slots and (aliases_input(ins.fn) or spec_of(ins.name).view):
             root[ins.slot] = root.get(slots[0], slots[0])
         else:  # unknown aliasing: neither it nor anything it read may be overwritten
             root[ins.slot] = ins.slot
@@ -125,7 +125,9 @@ def _first_orders_read(program: Program, reads: list[list[int]], at_output: bool
     for ins, slots in zip(reversed(program.instructions), reversed(reads), strict=True):
         needed = read.get(ins.slot, False)
         carried = [slot for slot in slots if slot in jets]
-        passes_on = ins.name in ROW_WISE and len(carried) == 1
+        passes_on = spec_of(ins.name).row_wise and len(carried) == 1
         for slot in carried:
             read[slot] = read.get(slot, False) or (needed if passes_on else True)
-    return [read.get(ins.slot, False) or ins.name not in UNARY_OPS for ins in program.instructions]
+    return [
+        read.get(ins.slot, False) or not spec_of(ins.name).unary for ins in program.instructions
+    ]

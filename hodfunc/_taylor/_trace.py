@@ -54,6 +54,7 @@ from .._errors import UnsupportedOperationError, message
 from .._functional import RANDOM_ATEN
 from .._functorch import outside_functorch, traced_point
 from ._reach import Reach, reach
+from ._rules import DECOMPOSE
 
 __all__ = [
     "SHARED",
@@ -68,48 +69,12 @@ __all__ = [
 TRACES = [0]
 """How many traces this process made (a one-element list so tests can read it)."""
 
-_aten = torch.ops.aten
-_DECOMPOSE = [
-    _aten.gelu,
-    _aten.silu,
-    _aten.softplus,
-    _aten._softmax,
-    _aten._log_softmax,
-    _aten.logsumexp,
-    _aten.mish,
-    _aten.elu,
-    _aten.celu,
-    _aten.selu,
-    _aten.log_sigmoid_forward,
-    _aten.hardswish,
-    _aten.hardsigmoid,
-    _aten.addcmul,
-    _aten.addcdiv,
-    _aten.lerp,
-    _aten.xlogy,
-    _aten.linalg_vector_norm,
-    _aten.var,
-    _aten.var_mean,
-    _aten.std,
-    _aten.native_layer_norm,
-    _aten.native_batch_norm,
-    _aten._native_batch_norm_legit,
-    _aten._native_batch_norm_legit_no_training,
-    _aten._native_batch_norm_legit_functional,
-    _aten.native_group_norm,
-    _aten.embedding,
-    _aten.square,
-    _aten.rsub,
-    _aten.sinc,
-    _aten.logit,
-]
-
 
 @functools.cache
 def _decompositions() -> Mapping[torch._ops.OpOverload, Callable[..., object]]:
     from torch._decomp import get_decompositions
 
-    table = get_decompositions(_DECOMPOSE)
+    table = get_decompositions(DECOMPOSE)
     return cast("Mapping[torch._ops.OpOverload, Callable[..., object]]", table)
 
 
