@@ -82,7 +82,26 @@ class CacheWarning(HodfuncWarning):
 class RangeWarning(HodfuncWarning):
     """A derivative lies outside the range of its dtype (it overflows to inf or underflows to 0),
     so the value returned for it is not the derivative. The message names the orders, their
-    magnitude and the fix (usually float64)."""
+    magnitude and the fix (usually float64); ``overflow``, ``underflow`` and ``imprecise`` list
+    the orders (``imprecise``: in range, but computed from a subnormal coefficient)."""
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        overflow: tuple[int, ...] = (),
+        underflow: tuple[int, ...] = (),
+        imprecise: tuple[int, ...] = (),
+    ) -> None:
+        super().__init__(text)
+        self.overflow = overflow
+        self.underflow = underflow
+        self.imprecise = imprecise
+
+    @property
+    def orders(self) -> tuple[int, ...]:
+        """Every order named, sorted."""
+        return tuple(sorted({*self.overflow, *self.underflow, *self.imprecise}))
 
 
 class NonFunctionalError(HodfuncError, RuntimeError):

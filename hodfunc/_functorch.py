@@ -24,6 +24,7 @@ __all__ = [
     "innermost_batch",
     "may_record",
     "outside_functorch",
+    "physical",
     "physical_numel",
     "physically_dense",
     "rebatch",
@@ -174,3 +175,21 @@ def aliases_input(fn: object) -> bool:
     if isinstance(fn, torch._ops.OpOverload):
         return any(r.alias_info is not None for r in fn._schema.returns)
     return False
+
+
+def physical(t: Tensor, dim: int = 0) -> Tensor:
+    """The values behind ``t``, out of every ``torch.func`` wrapper and detached, as a plain
+    ``(t.shape[dim], n)`` tensor: ``t``'s dim ``dim`` first, every other dim (the batches of the
+    enclosing ``vmap`` levels included) flattened into the second.
+
+    For looking at values only (``_taylor._range`` checks coefficients for over- and underflow):
+    run it, and every op on its result, inside ``outside_functorch()``, or the ops' results are
+    wrapped again at the current level.
+    """
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(t):
+        if functorch.is_batchedtensor(t) and functorch.maybe_get_bdim(t) <= dim:
+            dim += 1  # the batch dim sits before ``dim`` in the tensor behind
+        t = functorch.get_unwrapped(t)
+    rows = t.shape[dim]
+    return t.detach().movedim(dim, 0).reshape(rows, t.numel() // rows if rows else 0)

@@ -13,8 +13,16 @@ from ._errors import ArgumentError, ArgumentTypeError, PrecisionWarning, ShapeEr
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+MAX_ORDER = 1000
+"""The highest derivative order a transform accepts. Taylor mode costs O(order^2) per operation
+with O(order) kernel launches each: ``exp`` at order 1000 takes about a second on one CPU core,
+a small network much longer, and the result is finite only for functions whose derivatives grow
+slower than ``k!``-ish rates allow (``exp(x)``: every order; ``1/(1 + x^2)``: up to order 170 in
+float64)."""
+
+
 def check_order(api: str, order: object, *, fix: str = "For a gradient use order=1.") -> int:
-    """Return ``order`` if it is an int >= 0 (bools are refused)."""
+    """Return ``order`` if it is an int in ``0..MAX_ORDER`` (bools are refused)."""
     if isinstance(order, bool) or not isinstance(order, int):
         raise ArgumentTypeError(
             message(
@@ -23,6 +31,16 @@ def check_order(api: str, order: object, *, fix: str = "For a gradient use order
         )
     if order < 0:
         raise ArgumentError(message(api, "order must be an int >= 0", order, fix))
+    if order > MAX_ORDER:
+        raise ArgumentError(
+            message(
+                api,
+                f"order must be at most {MAX_ORDER} (Taylor mode costs O(order^2) per "
+                "operation, the nested method grows exponentially)",
+                order,
+                f"Use an order <= {MAX_ORDER}.",
+            )
+        )
     return order
 
 

@@ -3,7 +3,8 @@
 Every quantity is one propagation of the traced program in one of the algebras of ``_algebra``:
 
 - ``jet``: univariate Taylor series of ``f(x + t v)`` to order ``K``; coefficients are multiplied
-  by ``k!`` only at the end (in float64 when ``k!`` would overflow the compute dtype).
+  by ``k!`` only at the end, range-safe (``_range``: where they over- or underflow, again along
+  ``2^s v`` and back with ``k! / 2^(k s)`` in float64).
 - ``partial``: one vmapped univariate jet of order ``d`` over the Griewank-Utke-Walther directions
   (``_mixed``), combined with exact rational weights.
 - ``laplacian``: one collapsed propagation carrying all first-order directions and the summed
@@ -20,6 +21,7 @@ import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable
+from fractions import Fraction
 
 import torch
 from torch import Tensor
@@ -38,6 +40,7 @@ from .._functional import random_error, scalar_read_error
 from .._functorch import batch_at, innermost_batch, rebatch, tracing, transformed
 from .._nested import NestedEngine, basis, unit
 from .._validate import check_output
+from . import _range
 from ._algebra import Collapsed, Univariate
 from ._interpret import run
 from ._mixed import interpolation
@@ -48,19 +51,11 @@ from ._trace import SHARED, Bound, reach_of
 __all__ = ["AutoEngine", "TaylorEngine"]
 
 
-def _factorials(order: int, like: Tensor) -> Tensor:
-    fact = torch.tensor([math.factorial(k) for k in range(order + 1)], dtype=torch.float64)
-    return fact.reshape(-1, *([1] * (like.dim() - 1)))
-
-
-def _to_derivatives(coefficients: Tensor) -> Tensor:
-    """Multiply coefficient ``k`` by ``k!``: normalized coefficients to derivatives."""
-    order = coefficients.shape[0] - 1
-    fact = _factorials(order, coefficients)
-    dtype = coefficients.dtype
-    if dtype == torch.float64 or math.factorial(order) < torch.finfo(dtype).max:
-        return coefficients * fact.to(device=coefficients.device, dtype=dtype)
-    return (coefficients.double() * fact.to(coefficients.device)).to(dtype)
+def _to_derivatives(api: str, coefficients: Tensor, rerun: Callable[[int], Tensor]) -> Tensor:
+    """Normalized coefficients to derivatives (``k! c_k``), right at every order the dtype can
+    hold: ``rerun(s)`` propagates again along ``2^s v`` where the coefficients over- or
+    underflow (``_range.derivatives``)."""
+    return _range.derivatives(api, coefficients, rerun)
 
 
 def _coefficients_of(call: Call, out: object, ctx: Context) -> Tensor:
@@ -291,11 +286,21 @@ class TaylorEngine(Opaque):
         tail = v.to(call.x.dtype).unsqueeze(0)  # the coefficients after v are zeros (Jet.size)
         return self._propagate(call, bound, tail, ctx)
 
-    def jet(self, call: Call, v: Tensor, order: int) -> Tensor:
+    def _derivatives(self, call: Call, bound: Bound | None, v: Tensor, order: int) -> Tensor:
+        """``d^k/dt^k f(x + t v)`` for ``k = 0..order``, range-safe (``_range``): along ``v``,
+        and along ``2^s v`` (coefficients ``c_k 2^(k s)``) where those over- or underflow."""
         ctx = Context(Univariate(order), call.api)
-        coefficients = self._coefficients(call, None, v, ctx)
+        coefficients = self._coefficients(call, bound, v, ctx)
         self._warn(call.api, ctx, order)
-        return _to_derivatives(coefficients)
+
+        def rerun(s: int) -> Tensor:
+            again = Context(Univariate(order), call.api)
+            return self._coefficients(call, bound, v * math.ldexp(1.0, s), again)
+
+        return _to_derivatives(call.api, coefficients, rerun)
+
+    def jet(self, call: Call, v: Tensor, order: int) -> Tensor:
+        return self._derivatives(call, None, v, order)
 
     def partial(self, call: Call, wrt: tuple[int, ...]) -> Tensor:
         x = call.x
@@ -305,7 +310,6 @@ class TaylorEngine(Opaque):
             direction = unit(x, wrt[0]) if wrt else torch.zeros_like(x)
             return self.jet(call, direction, d)[d]
         bound = self._bind(call)
-        ctx = Context(Univariate(d), call.api)
         indices = list(counts)
         terms = interpolation(tuple(counts[i] for i in indices))
         steps = torch.tensor([i for i, _ in terms], dtype=x.dtype, device=x.device)
@@ -313,15 +317,14 @@ class TaylorEngine(Opaque):
         directions[:, indices] = steps
         directions = directions.reshape(len(terms), *x.shape)
 
-        def top(v: Tensor) -> Tensor:
-            return self._coefficients(call, bound, v, ctx)[d]
+        def top(v: Tensor) -> Tensor:  # d! c_d along v, range-safe
+            return self._derivatives(call, bound, v, d)[d]
 
         values = torch.func.vmap(top)(directions)
-        scale = math.prod(math.factorial(c) for c in counts.values())
+        scale = Fraction(math.prod(math.factorial(c) for c in counts.values()), math.factorial(d))
         weights = torch.tensor(
-            [float(g) * scale for _, g in terms], dtype=values.dtype, device=x.device
+            [float(g * scale) for _, g in terms], dtype=values.dtype, device=x.device
         )
-        self._warn(call.api, ctx, d)
         combined: Tensor = torch.tensordot(weights, values, dims=1)
         return combined
 

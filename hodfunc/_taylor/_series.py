@@ -449,14 +449,19 @@ def sqrt(a: Series, *, affine: bool = False) -> Series:
 def power(a: Series, r: float, *, affine: bool = False) -> Series:
     """``a ** r`` for a real scalar ``r``.
 
-    Non-negative integers use repeated Cauchy products (exact, also where ``a_0 = 0``); negative
-    integers the reciprocal of that; other exponents the recurrence of ``a y' = r y a'``:
+    Non-negative integers ``n`` of an affine ``a`` use the binomial theorem,
+    ``y_k = C(n, k) a_0^(n-k) a_1^k`` (no product of an infinite ``a_0`` with a zero coefficient:
+    ``x**2`` at ``inf`` has derivatives ``inf, inf, 2, 0`` as in nested mode); of any other ``a``
+    repeated Cauchy products (exact, also where ``a_0 = 0``); negative integers the reciprocal of
+    that; other exponents the recurrence of ``a y' = r y a'``:
     ``y_k = sum_{j=0..k-1} ((k - j) r - j) a_{k-j} y_j / (k a_0)``.
     """
     if float(r).is_integer() and abs(r) <= 64:
         n = int(r)
         if n < 0:
             return reciprocal(power(a, -n))
+        if affine:
+            return _binomial_power(a, n)
         result: Series | None = None
         base = a
         while n:
@@ -477,6 +482,30 @@ def power(a: Series, r: float, *, affine: bool = False) -> Series:
         ).reshape(-1, *([1] * (a.dim() - 1)))
         ys.append((w * a[1 : k + 1].flip(0) * torch.stack(ys)).sum(0) * inv / k)
     return torch.stack(ys)
+
+
+def _binomial_power(a: Series, n: int) -> Series:
+    """``(a_0 + a_1 t)^n`` for an integer ``n >= 0``: ``C(n, k) a_0^(n-k) a_1^k`` up to ``k = n``,
+    zeros after. Powers by repeated products (no ``pow`` with a tensor exponent, which a Taylor
+    transform around this one would differentiate as ``exp(e log a)``, ``nan`` at ``a = 0``)."""
+    K = a.shape[0] - 1
+    top = min(n, K)
+    a0, a1 = a[0], a[1]
+    low = [torch.ones_like(a0)]  # a_0^j
+    for _ in range(n):
+        low.append(a0 if len(low) == 1 else low[-1] * a0)
+    rows = []
+    high = torch.ones_like(a1)  # a_1^k
+    for k in range(top + 1):
+        if k:
+            high = a1 if k == 1 else high * a1
+        row = low[n - k] * high
+        comb = math.comb(n, k)
+        rows.append(row * float(comb) if comb != 1 else row)
+    out = torch.stack(rows)
+    if top == K:
+        return out
+    return torch.cat([out, torch.zeros_like(a[: K - top])])
 
 
 def atan(a: Series, *, affine: bool = False) -> Series:
