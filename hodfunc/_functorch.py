@@ -191,5 +191,10 @@ def physical(t: Tensor, dim: int = 0) -> Tensor:
         if functorch.is_batchedtensor(t) and functorch.maybe_get_bdim(t) <= dim:
             dim += 1  # the batch dim sits before ``dim`` in the tensor behind
         t = functorch.get_unwrapped(t)
-    rows = t.shape[dim]
-    return t.detach().movedim(dim, 0).reshape(rows, t.numel() // rows if rows else 0)
+    t = t.detach()
+    if dim:
+        t = t.movedim(dim, 0)
+    if t.dim() == 2:
+        return t
+    rows = t.shape[0]
+    return t.reshape(rows, t.numel() // rows if rows else 0)

@@ -51,11 +51,13 @@ from ._trace import SHARED, Bound, reach_of
 __all__ = ["AutoEngine", "TaylorEngine"]
 
 
-def _to_derivatives(api: str, coefficients: Tensor, rerun: Callable[[int], Tensor]) -> Tensor:
+def _to_derivatives(
+    api: str, coefficients: Tensor, rerun: Callable[[int], Tensor], read: int = 1
+) -> Tensor:
     """Normalized coefficients to derivatives (``k! c_k``), right at every order the dtype can
     hold: ``rerun(s)`` propagates again along ``2^s v`` where the coefficients over- or
-    underflow (``_range.derivatives``)."""
-    return _range.derivatives(api, coefficients, rerun)
+    underflow (``_range.derivatives``; ``read``: the lowest order anyone reads)."""
+    return _range.derivatives(api, coefficients, rerun, read=read)
 
 
 def _coefficients_of(call: Call, out: object, ctx: Context) -> Tensor:
@@ -286,9 +288,12 @@ class TaylorEngine(Opaque):
         tail = v.to(call.x.dtype).unsqueeze(0)  # the coefficients after v are zeros (Jet.size)
         return self._propagate(call, bound, tail, ctx)
 
-    def _derivatives(self, call: Call, bound: Bound | None, v: Tensor, order: int) -> Tensor:
+    def _derivatives(
+        self, call: Call, bound: Bound | None, v: Tensor, order: int, *, read: int = 1
+    ) -> Tensor:
         """``d^k/dt^k f(x + t v)`` for ``k = 0..order``, range-safe (``_range``): along ``v``,
-        and along ``2^s v`` (coefficients ``c_k 2^(k s)``) where those over- or underflow."""
+        and along ``2^s v`` (coefficients ``c_k 2^(k s)``) where those over- or underflow.
+        ``read``: the lowest order the caller reads (the ``RangeWarning`` names no lower one)."""
         ctx = Context(Univariate(order), call.api)
         coefficients = self._coefficients(call, bound, v, ctx)
         self._warn(call.api, ctx, order)
@@ -297,7 +302,7 @@ class TaylorEngine(Opaque):
             again = Context(Univariate(order), call.api)
             return self._coefficients(call, bound, v * math.ldexp(1.0, s), again)
 
-        return _to_derivatives(call.api, coefficients, rerun)
+        return _to_derivatives(call.api, coefficients, rerun, read)
 
     def jet(self, call: Call, v: Tensor, order: int) -> Tensor:
         return self._derivatives(call, None, v, order)
@@ -308,7 +313,7 @@ class TaylorEngine(Opaque):
         counts = Counter(wrt)
         if len(counts) <= 1:
             direction = unit(x, wrt[0]) if wrt else torch.zeros_like(x)
-            return self.jet(call, direction, d)[d]
+            return self._derivatives(call, None, direction, d, read=max(d, 1))[d]
         bound = self._bind(call)
         indices = list(counts)
         terms = interpolation(tuple(counts[i] for i in indices))
@@ -318,7 +323,7 @@ class TaylorEngine(Opaque):
         directions = directions.reshape(len(terms), *x.shape)
 
         def top(v: Tensor) -> Tensor:  # d! c_d along v, range-safe
-            return self._derivatives(call, bound, v, d)[d]
+            return self._derivatives(call, bound, v, d, read=d)[d]
 
         values = torch.func.vmap(top)(directions)
         scale = Fraction(math.prod(math.factorial(c) for c in counts.values()), math.factorial(d))

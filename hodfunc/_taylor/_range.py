@@ -15,11 +15,12 @@ weights flows through whichever radius each entry comes from), and composes with
 
 The hot path is ``r = 1``, as before, plus one look at the physical values (unwrapped from every
 ``torch.func`` level; skipped while a dispatch mode traces): one sum of the derivatives (any
-non-finite entry makes it non-finite) and one minimum of the coefficients' binary exponents
-(``frexp``). Trouble is a non-finite derivative where the value is finite, or a nonzero
-coefficient below ``2^-W`` (``W`` about half the dtype's exponent range: ``sqrt(finfo.tiny)``),
-where products in the recurrences start to underflow. Exact zeros are not trouble: they are
-structural (polynomials, ReLU networks, ``sin``'s even orders at 0).
+non-finite entry makes it non-finite) and one maximum of ``2^-W / |c_k|`` (above 1 exactly for a
+nonzero coefficient below ``2^-W``), read with one host sync. Trouble is a non-finite derivative
+where the value is finite, or a nonzero coefficient below ``2^-W`` (``W`` about half the dtype's
+exponent range: ``sqrt(finfo.tiny)``), where products in the recurrences start to underflow.
+Exact zeros are not trouble: they are structural (polynomials, ReLU networks, ``sin``'s even
+orders at 0).
 
 Only then does ``_Ladder`` run: more radii, planned from the magnitudes seen so far, until every
 order's coefficient sits inside ``[2^-W, 2^W]`` at one of them; each entry takes its value from
@@ -138,30 +139,36 @@ def _inspectable(coefficients: Tensor) -> bool:
     )
 
 
-def derivatives(api: str, coefficients: Tensor, rerun: Rerun) -> Tensor:
+def derivatives(api: str, coefficients: Tensor, rerun: Rerun, *, read: int = 1) -> Tensor:
     """The derivatives ``k! c_k`` of the coefficients ``c_k`` of ``f(x + t v)`` at radius 1,
     right wherever the dtype can hold them, at every order.
 
     ``rerun(s)`` propagates again at radius ``2^s``; it is called only where the coefficients at
     radius 1 over- or underflow (see the module docstring). A derivative outside the dtype's
-    range comes back as ``inf`` or ``0`` with a ``RangeWarning``.
+    range comes back as ``inf`` or ``0`` with a ``RangeWarning`` about the orders from ``read``
+    on (the caller reads only those; every order is still checked, since the lower orders show
+    an underflow of the higher ones coming).
     """
     result = to_derivatives(coefficients)
     if not _inspectable(coefficients):
         return result
     w = _half_range(coefficients.dtype)
     with outside_functorch():
-        finite = bool(torch.isfinite(physical(result).sum()))
-        smallest = int(torch.frexp(physical(coefficients)[1:]).exponent.amin())
-    if finite and smallest > -w:  # |c_k| >= 2^-w or c_k = 0 for every k >= 1
-        return result
+        # 2^-w / c_k is above 1 exactly where 0 < |c_k| < 2^-w (zeros and infinities give 0,
+        # and no subnormal c_k overflows it); any inf or nan makes the sum non-finite
+        rest = physical(coefficients)[1:]
+        band = rest.new_tensor(math.ldexp(1.0, -w))
+        small = torch.div(band, rest).abs_().nan_to_num_(posinf=0.0).amax()
+        if float(small + physical(result).sum() * 0) <= 1:  # the hot path's one host sync
+            return result  # (nan if the sum is not finite, and nan <= 1 is false)
+        underflow = float(small) > 1
     value_finite = torch.isfinite(coefficients[:1])
     coefficient_overflow = ~torch.isfinite(coefficients[1:]) & value_finite
-    if smallest > -w and not _any(coefficient_overflow):
+    if not underflow and not _any(coefficient_overflow):
         # every coefficient is fine: only k! c_k itself leaves the dtype (a genuine overflow)
-        _warn_range(api, result, coefficients, value_finite)
+        _warn_range(api, result, coefficients, value_finite, read)
         return result
-    return _Ladder(api, coefficients, result, rerun, w).run()
+    return _Ladder(api, coefficients, result, rerun, w, read).run()
 
 
 def _any(mask: Tensor) -> bool:
@@ -220,8 +227,11 @@ class _Ladder:
     intervals (greedy interval stabbing), then again with what the new radii showed.
     """
 
-    def __init__(self, api: str, coefficients: Tensor, result: Tensor, rerun: Rerun, w: int):
+    def __init__(
+        self, api: str, coefficients: Tensor, result: Tensor, rerun: Rerun, w: int, read: int
+    ) -> None:
         self.api = api
+        self.read = read
         self.rerun = rerun
         self.w = w
         self.order = coefficients.shape[0] - 1
@@ -264,7 +274,7 @@ class _Ladder:
                 break
             for s in radii:
                 self._add(s)
-        _warn_range(self.api, self.best.result, None, self.value_finite, self.best)
+        _warn_range(self.api, self.best.result, None, self.value_finite, self.read, self.best)
         return self.best.result
 
     def _plan(self) -> list[int]:
@@ -369,12 +379,13 @@ def _warn_range(
     result: Tensor,
     coefficients: Tensor | None,
     value_finite: Tensor,
+    read: int,
     best: _Best | None = None,
 ) -> None:
     """Warn about derivatives outside the dtype's range: ``inf`` where the coefficient was
     finite, ``0`` where it was nonzero (a subnormal result is representable: no warning), or a
     normal result computed from a subnormal coefficient (imprecise). ``coefficients``: those at
-    radius 1 (the hot path), else ``best``."""
+    radius 1 (the hot path), else ``best``; only orders from ``read`` on."""
     dtype = result.dtype
     info = torch.finfo(dtype)
     order = result.shape[0] - 1
@@ -391,7 +402,7 @@ def _warn_range(
     ).reshape(ks.shape)
     exponent = log2 + lf - ks * s  # log2 |d_k|
     usable = torch.isfinite(log2) & value_finite
-    usable = torch.cat([torch.zeros_like(usable[:1]), usable[1:]])
+    usable = torch.cat([torch.zeros_like(usable[:read]), usable[read:]])
     got = result.detach()
     over = usable & ~torch.isfinite(got)
     under = usable & (got == 0)

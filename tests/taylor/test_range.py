@@ -332,3 +332,22 @@ def test_make_fx_traces_the_hot_path() -> None:
     gm = make_fx(d)(torch.tensor(0.5, dtype=F64))
     x = torch.tensor(0.25, dtype=F64)
     torch.testing.assert_close(gm(x), torch.full((9,), math.exp(0.25), dtype=F64))
+
+
+def test_a_warning_names_only_the_orders_read() -> None:
+    """At x = 3.5e-213, cos(log(1 + x^2)) = 1 - x^4/2 + ...: the second derivative, -6 x^2,
+    underflows float64, the third, -12 x, does not. ``derivatives`` reads the second and warns;
+    a third-order partial reads only the third and does not."""
+
+    def f(t: Tensor) -> Tensor:
+        return torch.cos(torch.log(1 + t[0] ** 2))
+
+    x = torch.tensor([3.5e-213], dtype=F64)
+    third, warned = _recorded(lambda: hodfunc.partial(f, wrt=(0, 0, 0))(x))
+    assert not warned
+    assert third.item() == pytest.approx(-12 * 3.5e-213, rel=1e-12)
+    with pytest.warns(hodfunc.RangeWarning, match=r"order\(s\) 2 underflow") as record:
+        hodfunc.derivatives(lambda t: f(t.reshape(1)), order=3)(x[0])
+    warning = record[0].message
+    assert isinstance(warning, hodfunc.RangeWarning)
+    assert warning.underflow == (2,)
