@@ -135,7 +135,7 @@ class NestedEngine:
                 )
             )
 
-    def jet(self, call: Call, v: Tensor, order: int) -> Tensor:
+    def jet(self, call: Call, v: Tensor, order: int, *, read: int = 1) -> Tensor:
         self._check_order(call.api, order)
         with FORWARD_AD, guard(call.api) as watch:
             return jet_fn(_watched(call, watch), v, order)(call.x)

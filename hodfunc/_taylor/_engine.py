@@ -304,8 +304,8 @@ class TaylorEngine(Opaque):
 
         return _to_derivatives(call.api, coefficients, rerun, read)
 
-    def jet(self, call: Call, v: Tensor, order: int) -> Tensor:
-        return self._derivatives(call, None, v, order)
+    def jet(self, call: Call, v: Tensor, order: int, *, read: int = 1) -> Tensor:
+        return self._derivatives(call, None, v, order, read=read)
 
     def partial(self, call: Call, wrt: tuple[int, ...]) -> Tensor:
         x = call.x
@@ -354,7 +354,7 @@ class AutoEngine(Opaque):
 
     def __init__(self, *, fallback: bool = True) -> None:
         self._taylor = TaylorEngine()
-        self._nested = NestedEngine()
+        self._nested = NestedEngine(fallback=True)
         self._warned = False
         self._fallback = fallback
 
@@ -380,13 +380,13 @@ class AutoEngine(Opaque):
                 stacklevel=4,
             )
 
-    def jet(self, call: Call, v: Tensor, order: int) -> Tensor:
+    def jet(self, call: Call, v: Tensor, order: int, *, read: int = 1) -> Tensor:
         _not_compiling(call.api)
-        return _eager(AutoEngine._jet)(self, call, v, order)
+        return _eager(AutoEngine._jet)(self, call, v, order, read)
 
-    def _jet(self, call: Call, v: Tensor, order: int) -> Tensor:
+    def _jet(self, call: Call, v: Tensor, order: int, read: int) -> Tensor:
         try:
-            return self._taylor.jet(call, v, order)
+            return self._taylor.jet(call, v, order, read=read)
         except UnsupportedOperationError as error:
             if not self._fallback:
                 raise

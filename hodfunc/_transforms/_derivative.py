@@ -55,7 +55,7 @@ def _scalar_jet(
         call = Call.bind(api, f, args, kwargs, argnums)
         check_scalar_arg(api, call.x)
         warn_precision(api, call.x, order)
-        orders = engine.jet(call, torch.ones_like(call.x), order)
+        orders = engine.jet(call, torch.ones_like(call.x), order, read=order if only_top else 1)
         return orders[order] if only_top else orders
 
     return wrapped
@@ -187,7 +187,7 @@ def directional_derivative(
         call = Call.bind(api, f, args, kwargs, argnums)
         direction = check_same_shape(api, "the direction v", v, call.x)
         warn_precision(api, call.x, order)
-        return engine.jet(call, direction.to(call.x.dtype), order)[order]
+        return engine.jet(call, direction.to(call.x.dtype), order, read=order)[order]
 
     append_parameter(wrapped, f, "v")
     return wrapped

@@ -33,8 +33,9 @@ def is_method(name: object) -> TypeGuard[Method]:
 class Engine(Protocol):
     """How one method computes the primitive quantities every public transform is built from."""
 
-    def jet(self, call: Call, v: Tensor, order: int) -> Tensor:
-        """``d^k/dt^k f(x + t v)`` at ``t = 0`` for ``k = 0..order``, stacked on dim 0."""
+    def jet(self, call: Call, v: Tensor, order: int, *, read: int = 1) -> Tensor:
+        """``d^k/dt^k f(x + t v)`` at ``t = 0`` for ``k = 0..order``, stacked on dim 0.
+        ``read``: the lowest order the caller reads (a ``RangeWarning`` names no lower one)."""
         ...
 
     def partial(self, call: Call, wrt: tuple[int, ...]) -> Tensor:

@@ -338,9 +338,10 @@ def test_directions_repeated_at_every_point_go_through_a_linear_layer_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """On a whole batch the seeded direction is the same at every point (an ``expand``); the
-    first linear layer maps it once (``_rules._products._repeated``) and the result is still per point."""
-    from hodfunc._taylor._rules import _products
+    first linear layer maps it once (``_rules._products._repeated``) and the result is still per
+    point."""
     from hodfunc._taylor._memory import compact
+    from hodfunc._taylor._rules import _products
 
     narrowed: list[bool] = []
 
