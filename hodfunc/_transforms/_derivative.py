@@ -81,8 +81,13 @@ def derivative(
     Returns:
         A function with ``f``'s signature returning the derivative.
 
+    In Taylor mode every order up to 1000 is right wherever the dtype can hold it (the jet is
+    rescaled where coefficients would under- or overflow); a derivative outside the dtype's range
+    comes back as inf or 0 with a ``RangeWarning`` naming the orders (use float64).
+
     Raises:
-        ArgumentError: bad ``order``/``argnums``/``method``, or a non-0-d argument (``ShapeError``).
+        ArgumentError: bad ``order``/``argnums``/``method``, or a non-0-d argument (``ShapeError``);
+            ``order`` above 1000, or above 10 for ``method="nested"`` (8 as auto's fallback).
 
     Example:
         >>> import torch, hodfunc
