@@ -52,7 +52,7 @@ from torch.utils import _pytree as pytree
 
 from .._errors import UnsupportedOperationError, message
 from .._functional import RANDOM_ATEN
-from .._functorch import outside_functorch, traced_point
+from .._functorch import outside_functorch, traced_point, transformed
 from ._reach import Reach, reach
 from ._rules import DECOMPOSE
 
@@ -137,10 +137,9 @@ class _Lift(TorchFunctionMode):
         new = self.swap.get(id(t))
         if new is not None:
             return new
-        functorch = torch._C._functorch
         if self.own_vmap and traced_point(t):
             return t
-        if functorch.is_functorch_wrapped_tensor(t):
+        if transformed(t):
             raise UnsupportedOperationError(
                 message(
                     self.api,
