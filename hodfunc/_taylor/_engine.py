@@ -33,11 +33,20 @@ from .._errors import (
     CompileError,
     FallbackWarning,
     PiecewiseLinearWarning,
+    PrecisionWarning,
     UnsupportedOperationError,
     message,
 )
 from .._functional import random_error, scalar_read_error
-from .._functorch import batch_at, innermost_batch, rebatch, tracing, transformed
+from .._functorch import (
+    batch_at,
+    innermost_batch,
+    outside_functorch,
+    physical,
+    rebatch,
+    tracing,
+    transformed,
+)
 from .._nested import NestedEngine, basis, unit
 from .._validate import check_output
 from . import _range
@@ -152,6 +161,57 @@ def _whole_batch(call: Call, tail: Tensor) -> tuple[Tensor, Tensor, int, Reach] 
     if points.requires_grad or tail.requires_grad:
         return None
     return points, tail, level, reached
+
+
+def _warn_cancellation(api: str, wrt: tuple[int, ...], weights: Tensor, values: Tensor) -> None:
+    """Warn where a mixed partial lost most of its digits: it is a weighted sum of directional
+    derivatives (Griewank, Utke and Walther) whose terms can be far larger than the result when
+    the coordinates' derivatives differ in scale (``exp(0.01 x0) sin(3 x1)`` at high order in
+    ``x0``). The rounding error is about ``eps * sum |w_i v_i|``; where that exceeds
+    ``sqrt(eps) |result|`` the result is not trustworthy. An exact zero is not flagged (exact
+    cancellation, as in a polynomial)."""
+    if tracing():
+        return
+    with outside_functorch():
+        v = physical(values)
+        w = weights.detach().to(v.dtype).reshape(-1, 1)
+        noise = (w.abs() * v.abs()).sum(0) * torch.finfo(v.dtype).eps
+        got = (w * v).sum(0).abs()
+        half = torch.finfo(v.dtype).eps ** 0.5
+        lost = (noise > got * half) & (got != 0) & noise.isfinite()
+        # below its noise a result is zero to working precision; that is only worth a warning
+        # where the noise itself is large (a coordinate f does not depend on leaves noise near
+        # eps times the terms, ~1e-15 in float64, and is no failure)
+        lost &= (noise <= got) | (noise > half)
+        if not bool(lost.any()):
+            return
+        worst = float((noise / got).masked_fill(~lost, 0).max())
+        level = float(noise.masked_fill(~lost, 0).max())
+    if worst >= 1:  # below the noise: zero to working precision, any true value lost
+        rule = (
+            "a mixed partial is a weighted sum of directional derivatives, and here the result "
+            "is below the rounding noise of its terms: it is zero to working precision, and any "
+            "smaller true value is lost"
+        )
+        value = f"wrt={wrt}, noise up to {level:.1e}"
+    else:
+        rule = (
+            "a mixed partial is a weighted sum of directional derivatives, and here its terms "
+            "are far larger than the result, so rounding leaves it with about "
+            f"{-math.log10(worst):.0f} correct digits"
+        )
+        value = f"wrt={wrt}, an estimated relative error up to {worst:.1e}"
+    warnings.warn(
+        message(
+            api,
+            rule,
+            value,
+            "Compute in float64, rescale the coordinates so that their derivatives have similar "
+            'magnitudes, or use method="nested" at low order.',
+        ),
+        PrecisionWarning,
+        stacklevel=_range.user_stacklevel(),
+    )
 
 
 class TaylorEngine(Opaque):
@@ -331,6 +391,7 @@ class TaylorEngine(Opaque):
             [float(g * scale) for _, g in terms], dtype=values.dtype, device=x.device
         )
         combined: Tensor = torch.tensordot(weights, values, dims=1)
+        _warn_cancellation(call.api, wrt, weights, values)
         return combined
 
     def laplacian(self, call: Call) -> Tensor:

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from .._errors import RangeWarning, message
-from .._functorch import outside_functorch, physical, tracing
+from .._functorch import may_record, outside_functorch, physical, tracing
 
 __all__ = ["derivatives", "to_derivatives"]
 
@@ -100,6 +100,13 @@ def _column(values: list[float] | tuple[float, ...], like: Tensor) -> Tensor:
     return column.reshape(-1, *([1] * (like.dim() - 1)))
 
 
+_ONE_FACTOR = 1000
+"""Below ``2^1000`` a factor ``k!/2^(k s)`` is a normal float64 (``2^-1022`` to ``2^1024``)."""
+_GRADIENT_LOW, _GRADIENT_HIGH = -1060, 1023
+"""``log2`` of the factors a gradient survives being multiplied by (subnormals lose digits from
+``2^-1022``; below ``2^-1074`` the gradient is 0)."""
+
+
 def to_derivatives(coefficients: Tensor, s: int = 0) -> Tensor:
     """``d_k = c_k k! / 2^(k s)`` from the coefficients ``c_k 2^(k s)`` of ``f(x + t 2^s v)``.
 
@@ -117,8 +124,14 @@ def to_derivatives(coefficients: Tensor, s: int = 0) -> Tensor:
             return coefficients * fact.to(dtype)
         return (coefficients.double() * fact).to(dtype)
     mantissas, exponents = _factorial_parts(order)
-    out = coefficients.double() * _column(mantissas, coefficients)
     remaining = [e - k * s for k, e in enumerate(exponents)]
+    if all(-_ONE_FACTOR <= e <= _ONE_FACTOR for e in remaining):
+        # one factor per order, representable: one multiplication, whose backward multiplies the
+        # gradient by that same factor (the stepwise product below would apply its powers of
+        # two to the gradient one by one, and underflow it to 0 where the result is tiny)
+        factors = [math.ldexp(m, e) for m, e in zip(mantissas, remaining, strict=True)]
+        return (coefficients.double() * _column(factors, coefficients)).to(dtype)
+    out = coefficients.double() * _column(mantissas, coefficients)
     for _ in range(3):  # |c| is in [2^-1074, 2^1024): beyond 2^+-3000 the result is inf or 0
         if not any(remaining):
             break
@@ -275,7 +288,39 @@ class _Ladder:
             for s in radii:
                 self._add(s)
         _warn_range(self.api, self.best.result, None, self.value_finite, self.read, self.best)
+        if may_record(self.best.result):
+            self._warn_gradient()
         return self.best.result
+
+    def _warn_gradient(self) -> None:
+        """Warn where a gradient through this result would underflow: an order taken from a radius
+        whose factor ``k!/r^k`` is no normal float64 (the value is right, but backward multiplies
+        the gradient by that factor, which rounds to 0 or inf)."""
+        order = self.order
+        lf = [log2_factorial(k) for k in range(order + 1)]
+        radii = _per_order(self.best.s, "amax"), _per_order(self.best.s, "amin")
+        orders = [
+            k
+            for k in range(max(self.read, 1), order + 1)
+            if any(
+                not _GRADIENT_LOW <= lf[k] - k * s <= _GRADIENT_HIGH
+                for s in (radii[0][k], radii[1][k])
+                if s
+            )
+        ]
+        if not orders:
+            return
+        text = message(
+            self.api,
+            "a derivative rescaled to stay in range is right, but its gradient with respect to "
+            "the weights underflows, since the factor k!/r^k it is multiplied by is outside "
+            "float64",
+            f"order(s) {_ranges(orders)}",
+            "Rescale the argument or the function so that the derivatives are nearer 1 (for "
+            "f(a x), d^k/dx^k = a^k f^(k)(a x)), or do not train on these orders.",
+        )
+        warning = RangeWarning(text, imprecise=tuple(orders))
+        warnings.warn(warning, stacklevel=user_stacklevel())
 
     def _plan(self) -> list[int]:
         """The radii (``log2``) the magnitudes seen so far call for."""
@@ -448,13 +493,13 @@ def _warn_range(
         underflow=tuple(under_orders),
         imprecise=tuple(imprecise_orders),
     )
-    warnings.warn(warning, stacklevel=_stacklevel())
+    warnings.warn(warning, stacklevel=user_stacklevel())
 
 
 _OWN = (str(Path(__file__).resolve().parents[1]), str(Path(torch.__file__).resolve().parent))
 
 
-def _stacklevel() -> int:
+def user_stacklevel() -> int:
     """The ``stacklevel`` that points a warning issued by the caller at the first frame outside
     hodfunc and torch: the user's call."""
     level = 1

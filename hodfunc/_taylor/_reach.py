@@ -64,13 +64,12 @@ def _library_paths() -> tuple[str, ...]:
 @functools.lru_cache(maxsize=1024)
 def _library_module(name: str) -> bool:
     """Whether module ``name`` is installed library code (the standard library, site-packages,
-    torch, numpy), whose functions, classes and modules are keyed by identity: their code does
-    not change between calls, and walking into them would cost more than every user value.
-    hodfunc itself is walked: a transform's closure holds the user's function."""
+    torch, numpy, hodfunc itself), whose functions, classes and modules are keyed by identity:
+    their code does not change between calls, and walking into them would cost more than every
+    user value. (The closure of a hodfunc function is still walked: a transform's closure holds
+    the user's function, ``_Walk._function``.)"""
     top = name.partition(".")[0]
-    if top == "hodfunc":
-        return False
-    if top in _LIBRARIES or top in sys.builtin_module_names:
+    if top in _LIBRARIES or top == "hodfunc" or top in sys.builtin_module_names:
         return True
     module = sys.modules.get(name) or sys.modules.get(top)
     file = getattr(module, "__file__", None)
@@ -95,6 +94,7 @@ _ATOMS = (
     torch.memory_format,
     enum.Enum,
     types.CodeType,
+    types.GenericAlias,
 )
 """Immutable values that enter the key as they are (``bool`` is an ``int``)."""
 
@@ -109,6 +109,9 @@ _BY_IDENTITY = (
 )
 
 _CONTAINERS = frozenset({dict, OrderedDict, set, list, tuple})
+_PLAIN_CONTAINERS = frozenset({list, tuple, dict, OrderedDict, torch.Size})
+_MISSING = object()
+"""Stands for an empty slot."""
 
 _MAX_NODES = 20_000
 """A walk that meets more objects than this gives up: the function is not cached."""
@@ -144,6 +147,8 @@ def _names(code: types.CodeType) -> tuple[str, ...]:
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names.update(_names(const))
+        elif isinstance(const, str) and const.isidentifier():
+            names.add(const)  # getattr(config, "scale") reads an attribute by a string
     return tuple(sorted(names))
 
 
@@ -193,11 +198,17 @@ class _Walk:
                 index = self.tensor_index[id(obj)] = len(self.tensors)
                 self.tensors.append(obj)
                 atoms.append(("T", tuple(obj.shape), obj.dtype, obj.device, obj.layout))
+                extra = obj.__dict__
+                if extra:  # Python attributes on a tensor (``w.scale = 2.0``)
+                    self.visit(extra)
             else:
                 atoms.append(("T=", index))
             return
-        if type(obj) is float:  # hex tells -0.0 from 0.0, and makes nan equal to nan
-            atoms.append((float, obj.hex()))
+        if isinstance(obj, float):  # hex tells -0.0 from 0.0 (np.float64 too), nan equals nan
+            atoms.append((type(obj), obj.hex()))
+            return
+        if type(obj) is complex:
+            atoms.append((complex, obj.real.hex(), obj.imag.hex()))
             return
         if isinstance(obj, _ATOMS):
             atoms.append((type(obj), obj))
@@ -217,6 +228,11 @@ class _Walk:
         self._visit_new(obj, names)
 
     def _visit_new(self, obj: object, names: tuple[str, ...]) -> None:
+        if isinstance(obj, (list, tuple, dict)) and type(obj) not in _PLAIN_CONTAINERS:
+            # a subclass: its methods (an overridden __getitem__) and attributes count too
+            self.visit(type(obj), names)
+            if hasattr(obj, "__dict__"):
+                self.visit(vars(obj), names)
         if isinstance(obj, (list, tuple)):
             self.emit((type(obj), len(obj)))
             for item in obj:
@@ -246,7 +262,12 @@ class _Walk:
             self.emit(obj)
             if not _library_module(obj.__name__):
                 space = vars(obj)
-                for name in names:
+                # reached from code that names what it reads, those attributes; reached otherwise
+                # (a class or module attribute holding the module), every public one
+                wanted = names or tuple(
+                    k for k, v in space.items() if not k.startswith("_") and not _foreign(v, obj)
+                )
+                for name in wanted:
                     if name in space:
                         self.emit(name)
                         self.visit(space[name], names)
@@ -271,17 +292,25 @@ class _Walk:
                 self.give_up(f"it reaches an unhashable {type(obj).__name__} it cannot look into")
                 return
             if _library(type(obj)):
-                self.emit(obj)  # a library object without attributes: by identity
-            elif type(obj).__hash__ is not object.__hash__:
-                # hashed by value (a sympy symbol, a Fraction): Python's contract for such
-                # objects is that they do not change, so the value is the key
+                # a library object without attributes: hashed by value (a sympy symbol, a
+                # Fraction), whose contract is that it does not change, or else by identity
                 self.emit((type(obj), obj))
+            elif any("__slots__" in vars(klass) for klass in type(obj).__mro__[:-1]):
+                self.visit(type(obj))
+                self._slots(obj)
             else:
                 self.give_up(f"it reaches a {type(obj).__name__} it cannot look into")
 
     def _function(self, fn: types.FunctionType) -> None:
         if _library(fn):
             self.emit(fn)
+            if getattr(fn, "__module__", "").startswith("hodfunc"):
+                # a transform: its code and globals are hodfunc's, its closure the user's
+                for cell in fn.__closure__ or ():
+                    try:
+                        self.visit(cell.cell_contents)
+                    except ValueError:  # an empty cell
+                        self.emit("empty cell")
             return
         code = fn.__code__
         self.emit(code)
@@ -308,8 +337,8 @@ class _Walk:
             if _library(klass) or klass is object:
                 continue
             for name, value in vars(klass).items():
-                if name.startswith("__") and name.endswith("__") and name != "__call__":
-                    continue
+                if name in ("__dict__", "__weakref__", "__doc__", "__module__", "__qualname__"):
+                    continue  # a dunder method (__rmul__, __getitem__) is code like any other
                 self.emit(name)
                 if isinstance(value, (staticmethod, classmethod)):
                     value = value.__func__
@@ -349,13 +378,25 @@ class _Walk:
     def _object(self, obj: object, names: tuple[str, ...]) -> None:
         cls = type(obj)
         self.visit(cls, names)
-        self.visit(vars(obj), names)
+        if hasattr(obj, "__dict__"):
+            self.visit(vars(obj), names)
+        self._slots(obj)
+
+    def _slots(self, obj: object) -> None:
+        """The values in ``obj``'s ``__slots__``, which ``__dict__`` does not hold."""
+        for klass in type(obj).__mro__:
+            slots = vars(klass).get("__slots__", ())
+            for name in (slots,) if isinstance(slots, str) else slots:
+                if name in ("__dict__", "__weakref__"):
+                    continue
+                self.emit(name)
+                self.visit(getattr(obj, name, _MISSING))
 
     def _array(self, array: object) -> None:
         import numpy as np
 
         if isinstance(array, np.generic):
-            self.emit((type(array), array.item()))
+            self.emit((type(array), array.tobytes()))  # tells -0.0 from 0.0
         elif isinstance(array, np.ndarray):
             if array.size > 100_000 or array.dtype == object:
                 self.give_up(f"it reaches a NumPy array of {array.size} elements")
@@ -363,6 +404,16 @@ class _Walk:
             self.emit(("nd", array.shape, array.dtype.str, array.tobytes()))
         else:
             self.give_up(f"it reaches a {type(array).__name__} it cannot look into")
+
+
+def _foreign(value: object, module: types.ModuleType) -> bool:
+    """Whether a module attribute is something the module imported rather than defined (another
+    module, or a function or class of another module): walked only when code names it."""
+    if isinstance(value, types.ModuleType):
+        return True
+    if isinstance(value, (types.FunctionType, type)):
+        return getattr(value, "__module__", None) != module.__name__
+    return False
 
 
 def _numpy(obj: object) -> bool:

@@ -7,13 +7,16 @@ against nested torch.func, which re-runs the function on every call.
 
 from __future__ import annotations
 
+import collections
 import functools
+import math
 import sys
 import threading
 import types
 import warnings
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -205,12 +208,20 @@ class _Slotted:
         self.scale = scale
 
 
-def test_a_value_the_walk_cannot_see_into_is_traced_every_call_and_warned_once() -> None:
+def test_slots_are_part_of_the_key() -> None:
     holder = _Slotted(2.0)
     d = hodfunc.derivative(lambda x: torch.sin(holder.scale * x), 2, method="taylor")
+    d(X)
+    holder.scale = 3.0
+    assert torch.allclose(d(X), -9.0 * torch.sin(3.0 * X))
+
+
+def test_a_value_the_walk_cannot_see_into_is_traced_every_call_and_warned_once() -> None:
+    window = collections.deque([2.0])  # unhashable, no attributes to walk
+    d = hodfunc.derivative(lambda x: torch.sin(window[0] * x), 2, method="taylor")
     with pytest.warns(hodfunc.CacheWarning, match=r"cannot look into.*Pass that value"):
         d(X)
-    holder.scale = 3.0
+    window[0] = 3.0
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once only
         assert torch.allclose(d(X), -9.0 * torch.sin(3.0 * X))
@@ -350,3 +361,94 @@ def test_mutating_reachable_values_between_calls_always_equals_a_fresh_transform
     finally:
         LEVEL, state["a"], GATE.gain = 1, 1.0, 1.0
         GATE.train()
+
+
+# ------------------------------------------------ found in review: values the walk missed before
+
+RMUL = 2.0
+
+
+class _Scaler:
+    def __rmul__(self, other: Tensor) -> Tensor:
+        return other * RMUL
+
+
+class _Coeffs(list[float]):
+    def __init__(self, values: list[float], gain: float) -> None:
+        super().__init__(values)
+        self.gain = gain
+
+
+class _Base:
+    __slots__ = ("scale",)
+
+
+class _Mixed(_Base):
+    def __init__(self) -> None:
+        self.scale = 2.0
+        self.note = "has a __dict__ too"
+
+
+def _stale_cases() -> list[tuple[str, Callable[[Tensor], Tensor], Callable[[], None]]]:
+    global RMUL
+    scaler = _Scaler()
+    coeffs = _Coeffs([1.0], gain=2.0)
+    mixed = _Mixed()
+    w = torch.tensor(1.0, dtype=F64)
+    w.scale = 2.0  # type: ignore[attr-defined]
+    config = types.ModuleType("hodfunc_test_config2")
+    config.scale = 2.0  # type: ignore[attr-defined]
+    holder = type("Holder", (), {"cfg": config})()
+    zero = [np.float64(0.0)]
+    imag = [complex(0.0, 0.0)]
+
+    def set_rmul() -> None:
+        global RMUL
+        RMUL = 5.0
+
+    return [
+        ("a global read in a dunder method", lambda x: torch.sin(x) * scaler, set_rmul),
+        (
+            "an attribute of a list subclass",
+            lambda x: torch.sin(coeffs.gain * x) * coeffs[0],
+            lambda: setattr(coeffs, "gain", 4.0),
+        ),
+        (
+            "a slot of an object that also has a __dict__",
+            lambda x: torch.sin(mixed.scale * x),
+            lambda: setattr(mixed, "scale", 4.0),
+        ),
+        (
+            "a Python attribute on a tensor",
+            lambda x: torch.sin(w.scale * x),  # type: ignore[attr-defined]
+            lambda: setattr(w, "scale", 4.0),
+        ),
+        (
+            "a user module held by an object, read by getattr with a string",
+            lambda x: torch.sin(getattr(holder.cfg, "scale") * x),  # noqa: B009
+            lambda: setattr(config, "scale", 4.0),
+        ),
+        (
+            "the sign of a NumPy zero",
+            lambda x: torch.sin(x) * math.copysign(1.0, float(zero[0])),
+            lambda: zero.__setitem__(0, np.float64(-0.0)),
+        ),
+        (
+            "the sign of a complex zero",
+            lambda x: torch.sin(x) * math.copysign(1.0, imag[0].imag),
+            lambda: imag.__setitem__(0, complex(0.0, -0.0)),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("case", range(7))
+def test_values_found_in_review_are_part_of_the_key(case: int) -> None:
+    global RMUL
+    name, f, mutate = _stale_cases()[case]
+    try:
+        hodfunc.derivative(f, 2, method="taylor")(X)
+        mutate()
+        got = hodfunc.derivative(f, 2, method="taylor")(X)
+        assert torch.allclose(got, nested(f)), name
+    finally:
+        RMUL = 2.0
