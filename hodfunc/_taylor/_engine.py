@@ -122,8 +122,10 @@ def _not_compiling(api: str) -> None:
         )
 
 
-def _rules_for(bound: Bound) -> bool:
-    return all(has_rule(op.split(".")[1 if "." in op else 0]) for op in bound.program.dependent_ops)
+def _without_rule(bound: Bound) -> list[str]:
+    """The ops on the input's path (``aten.tanh.default``) that have no Taylor rule, sorted."""
+    ops = bound.program.dependent_ops
+    return sorted(op for op in ops if not has_rule(op.split(".")[1 if "." in op else 0]))
 
 
 def _whole_batch(call: Call, tail: Tensor) -> tuple[Tensor, Tensor, int, Reach] | None:
@@ -251,9 +253,7 @@ class TaylorEngine(Opaque):
         reads = sorted(op for op in program.dependent_ops if op.startswith(_SCALAR_READ))
         if reads:
             raise scalar_read_error(call.api, f"{reads[0]} (.item(), float() or .tolist())")
-        missing = sorted(
-            op for op in program.dependent_ops if not has_rule(op.split(".")[1 if "." in op else 0])
-        )
+        missing = _without_rule(bound)
         if missing:
             raise UnsupportedOperationError(
                 message(
@@ -319,7 +319,7 @@ class TaylorEngine(Opaque):
         except UnsupportedOperationError:  # e.g. randomness under vmap: the per-point path decides
             self._whole_batch_works = False
             return None
-        if not _rules_for(bound):
+        if _without_rule(bound):
             self._whole_batch_works = False
             return None
         out = run(bound.program, bound.inputs, _seed(points, tail, ctx), ctx)

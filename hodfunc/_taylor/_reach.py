@@ -305,12 +305,7 @@ class _Walk:
         if _library(fn):
             self.emit(fn)
             if getattr(fn, "__module__", "").startswith("hodfunc"):
-                # a transform: its code and globals are hodfunc's, its closure the user's
-                for cell in fn.__closure__ or ():
-                    try:
-                        self.visit(cell.cell_contents)
-                    except ValueError:  # an empty cell
-                        self.emit("empty cell")
+                self._closure(fn, ())  # a transform: hodfunc's code, the user's closure
             return
         code = fn.__code__
         self.emit(code)
@@ -319,6 +314,14 @@ class _Walk:
             self.visit(fn.__defaults__, names)
         if fn.__kwdefaults__:
             self.visit(fn.__kwdefaults__, names)
+        self._closure(fn, names)
+        space = fn.__globals__
+        for name in names:
+            if name in space:
+                self.emit(name)
+                self.visit(space[name], names)
+
+    def _closure(self, fn: types.FunctionType, names: tuple[str, ...]) -> None:
         for cell in fn.__closure__ or ():
             try:
                 content = cell.cell_contents
@@ -326,11 +329,6 @@ class _Walk:
                 self.emit("empty cell")
                 continue
             self.visit(content, names)
-        space = fn.__globals__
-        for name in names:
-            if name in space:
-                self.emit(name)
-                self.visit(space[name], names)
 
     def _class(self, cls: type) -> None:
         for klass in cls.__mro__:
