@@ -7,19 +7,22 @@ the caller owns is written.
 
 Which parameters the batched pass may handle is decided, per call, by three checks:
 
-1. the module has a rule (``_layers.rule_kind``), no forward hooks of the caller's (which may
-   rewrite its output), and every call sees a batched input;
+1. the module has a rule (``_layers.rule_kind``, or a MultiheadAttention, whose projections
+   ``_attention`` records while the batched pass runs), no forward hooks of the caller's (which
+   may rewrite its output), and every call sees a batched input;
 2. a probe forward on sample 0 alone sees the same calls with leading size 1 where the batch
    has ``B`` (so dimension 0 really is the sample dimension, e.g. not a seq-first transformer),
    and gives the same model output as row 0 of the batch (the model does not mix samples);
 3. in autograd's graph every use of the parameter lies inside one of its module's calls (a
-   weight tied into another layer, or used by a parent module directly, falls back).
+   weight tied into another layer, or used by a parent module directly, falls back), and the
+   layers that share a parameter (MultiheadAttention's slots) own disjoint rows of it.
 
 Everything else falls back to ``vmap(grad(functional_call))`` for just those parameters.
 """
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -40,7 +43,7 @@ from .._errors import (
 )
 from .._functional import guard
 from .._validate import check_output
-from . import _layers
+from . import _attention, _layers
 
 LossFn = Callable[..., Tensor]
 
@@ -99,6 +102,9 @@ class Record:
     x: Tensor
     output: Tensor
     version: int
+    batch_dim: int = 0
+    """Where the samples are: 0, or 1 for a sequence-first call (``(T, B, ...)``), decided
+    against the probe by ``covered_layers``."""
 
 
 @dataclass(frozen=True)
@@ -109,10 +115,20 @@ class CapturedLayer:
     kind: _layers.Kind
     params: Mapping[str, str]
     """``"weight"``/``"bias"`` -> the parameter's name in the model."""
+    rows: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    """``"weight"``/``"bias"`` -> the rows of the parameter this layer owns, where it owns only
+    some (a MultiheadAttention slot's share of ``in_proj_weight``); absent: all rows."""
+    hooked: bool = True
+    """Whether a forward hook on ``module`` records the calls (else ``_attention`` does)."""
 
     def param(self, local: str) -> str | None:
         """The model's name of the layer's ``local`` parameter (``"weight"``...), if computed."""
         return self.params.get(local)
+
+    def part(self, local: str, t: Tensor, dim: int = 0) -> Tensor:
+        """The layer's share of ``t``, a tensor laid out like the parameter from ``dim`` on."""
+        rows = self.rows.get(local)
+        return t if rows is None else t.narrow(dim, rows[0], rows[1] - rows[0])
 
 
 @dataclass
@@ -128,6 +144,9 @@ class Context:
     """Module name -> the module with a rule, for every module the batched pass may cover."""
     # modules whose output is modified in place downstream: the hook hands on a clone
     clone_output: set[str] = field(default_factory=set)
+    attention: dict[int, _attention.Spec] = field(default_factory=dict)
+    """``id`` of a MultiheadAttention's first projection weight (as ``functional_call`` passes
+    it) -> the module, for ``_attention.Attention``."""
 
 
 def make_context(api: str, model: nn.Module, loss_fn: LossFn) -> Context:
@@ -159,7 +178,48 @@ def make_context(api: str, model: nn.Module, loss_fn: LossFn) -> Context:
             local[pname] = names[id(p)]
         if local:
             ctx.layers[mname] = CapturedLayer(module, kind, local)
+    for mname, module in model.named_modules():
+        supported = isinstance(module, nn.MultiheadAttention) and _attention.supported(module)
+        if supported and not module._forward_hooks:
+            assert isinstance(module, nn.MultiheadAttention)
+            _attention_layers(ctx, mname, module, owners, names)
     return ctx
+
+
+def _attention_layers(
+    ctx: Context,
+    mname: str,
+    module: nn.MultiheadAttention,
+    owners: Mapping[int, list[str]],
+    names: Mapping[int, str],
+) -> None:
+    """Register the slots of one MultiheadAttention as layers, and its ``Spec``."""
+    prefix = f"{mname}." if mname else ""
+    layers: set[str] = set()
+    for slot in _attention.slot_names(module):
+        weight, rows, offset = _attention.slot_rows(module, slot)
+        local: dict[str, str] = {}
+        parts: dict[str, tuple[int, int]] = {}
+        for pname, attr, span in (
+            ("weight", weight, rows),
+            ("bias", "in_proj_bias", (offset, offset + rows[1] - rows[0])),
+        ):
+            p = module._parameters.get(attr)
+            if p is None or not p.requires_grad or len(owners[id(p)]) != 1:
+                continue
+            local[pname] = names[id(p)]
+            if span != (0, p.shape[0]):
+                parts[pname] = span
+        if local:
+            name = _attention.slot_layer(mname, slot)
+            ctx.layers[name] = CapturedLayer(module, "outer", local, parts, hooked=False)
+            layers.add(name)
+    if f"{prefix}out_proj" in ctx.layers:
+        layers.add(f"{prefix}out_proj")
+    spec = _attention.make_spec(mname, module, ctx.params, frozenset(layers))
+    first = spec.tensors["in_proj_weight" if module._qkv_same_embed_dim else "q_proj_weight"]
+    if layers and first is not None:
+        ctx.attention[id(first)] = spec
 
 
 @contextmanager
@@ -179,11 +239,25 @@ def capture(ctx: Context, records: list[Record]) -> Iterator[None]:
 
     try:
         for name, layer in ctx.layers.items():
-            handles.append(layer.module.register_forward_hook(hook_for(name)))
+            if layer.hooked:
+                handles.append(layer.module.register_forward_hook(hook_for(name)))
         yield
     finally:
         for h in handles:
             h.remove()
+
+
+def call_model(ctx: Context, x: Tensor, records: list[Record], *, probe: bool = False) -> object:
+    """The model on ``x`` with the private leaves; MultiheadAttention calls record their
+    projections into ``records`` (``_attention``; the probe gets torch's own attention)."""
+    if not ctx.attention:
+        return functional_call(ctx.model, (ctx.params, ctx.buffers), (x,))
+
+    def record(name: str, a: Tensor, z: Tensor) -> None:
+        records.append(Record(name, a, z, z._version))
+
+    with _attention.Attention(ctx.attention, record, probe=probe):
+        return functional_call(ctx.model, (ctx.params, ctx.buffers), (x,))
 
 
 def sample_losses(ctx: Context, out: object, targets: tuple[Tensor, ...], size: int) -> Tensor:
@@ -225,7 +299,7 @@ def forward(ctx: Context, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, li
     """The batched forward with capture: model output, per-sample losses, recorded calls."""
     records: list[Record] = []
     with torch.enable_grad(), capture(ctx, records):
-        out = functional_call(ctx.model, (ctx.params, ctx.buffers), (batch[0],))
+        out = call_model(ctx, batch[0], records)
         losses = sample_losses(ctx, out, batch[1:], batch[0].shape[0])
     return check_output(ctx.api, out), losses, records
 
@@ -236,7 +310,7 @@ def probe(ctx: Context, batch: tuple[Tensor, ...]) -> tuple[Tensor, list[Record]
     # under the guard: a random draw in the model would make the probe and the batch disagree
     # by chance, so it is refused here, whichever way the comparison would fall
     with torch.no_grad(), capture(ctx, records), typed_random_errors(ctx.api), guard(ctx.api):
-        out = functional_call(ctx.model, (ctx.params, ctx.buffers), (batch[0][:1],))
+        out = call_model(ctx, batch[0][:1], records, probe=True)
     out = check_output(ctx.api, out)
     ctx.clone_output = {r.name for r in records if r.output._version != r.version}
     return out, records
@@ -298,7 +372,7 @@ def covered_layers(
     for r in ref_records:
         ref_calls.setdefault(r.name, []).append(r)
     parents = _consumers(losses.grad_fn)
-    result: dict[str, list[Record]] = {}
+    candidates: dict[str, list[Record]] = {}
     for name, recs in calls.items():
         layer = ctx.layers[name]
         module, kind = layer.module, layer.kind
@@ -306,22 +380,78 @@ def covered_layers(
         if kind == "conv" and len(recs) > 1:
             continue
         if len(refs) != len(recs) or not all(
-            _layers.input_rank_ok(module, r.x)
-            and r.x.shape[0] == size
-            and r.output.shape[0] == size
-            and q.x.shape[0] == 1
-            and q.output.shape[0] == 1
-            and r.output._version == r.version
-            for r, q in zip(recs, refs, strict=True)
+            _layers.input_rank_ok(module, r.x) and r.output._version == r.version for r in recs
         ):
             continue
-        inside: set[Node] = set().union(*(_local_nodes(r) for r in recs))
+        dims = [_batch_dim(layer, r, q, size) for r, q in zip(recs, refs, strict=True)]
+        if any(d is None for d in dims):
+            continue
+        for r, d in zip(recs, dims, strict=True):
+            r.batch_dim = d or 0
+        candidates[name] = recs
+    return _whole_parameters(ctx, candidates, parents)
+
+
+def _batch_dim(layer: CapturedLayer, r: Record, q: Record, size: int) -> int | None:
+    """The dimension of a call's input and output that holds the ``size`` samples: the one
+    where the probe's call has 1 and every other size is the same. Dimension 1 (sequence
+    first) only for layers that act on the last dimensions (Linear, Embedding, LayerNorm)."""
+    acts_on_last = layer.kind in ("outer", "embed") or (
+        layer.kind == "diag" and not isinstance(layer.module, nn.GroupNorm)
+    )
+    for d in (0, 1) if acts_on_last else (0,):
         if all(
-            set(parents.get(get_gradient_edge(ctx.params[p]).node, [])) <= inside
-            for p in layer.params.values()
+            t.dim() > d
+            and t.shape[d] == size
+            and u.shape[d] == 1
+            and t.dim() == u.dim()
+            and all(a == b for i, (a, b) in enumerate(zip(t.shape, u.shape, strict=True)) if i != d)
+            for t, u in ((r.x, q.x), (r.output, q.output))
         ):
-            result[name] = recs
-    return result
+            if (
+                d == 1
+                and layer.kind == "diag"
+                and r.x.dim() - 2 < len(getattr(layer.module, "normalized_shape", ()))
+            ):
+                return None  # dimension 1 is normalised, not a sample dimension
+            return d
+    return None
+
+
+def _whole_parameters(
+    ctx: Context, candidates: dict[str, list[Record]], parents: dict[Node, list[Node]]
+) -> dict[str, list[Record]]:
+    """The candidate layers whose parameters are used only inside their calls, where the layers
+    that share a parameter own disjoint rows of it; a layer dropped drops the others sharing
+    one of its parameters (the parameter then falls back as a whole)."""
+    local = {
+        name: set().union(*(_local_nodes(r) for r in recs)) for name, recs in candidates.items()
+    }
+    alive = dict(candidates)
+    while True:
+        users: dict[str, list[str]] = {}
+        for name in alive:
+            for p in ctx.layers[name].params.values():
+                users.setdefault(p, []).append(name)
+        bad: set[str] = set()
+        for p, names in users.items():
+            inside: set[Node] = set().union(*(local[n] for n in names))
+            spans = sorted(
+                ctx.layers[n].rows.get(_local_name(ctx.layers[n], p), (0, ctx.params[p].shape[0]))
+                for n in names
+            )
+            overlap = any(a[1] > b[0] for a, b in itertools.pairwise(spans))
+            if overlap or not set(parents.get(get_gradient_edge(ctx.params[p]).node, [])) <= inside:
+                bad.update(names)
+        if not bad:
+            return alive
+        for name in bad:
+            alive.pop(name, None)
+
+
+def _local_name(layer: CapturedLayer, param: str) -> str:
+    """The layer's local name (``"weight"``/``"bias"``) of the model's parameter ``param``."""
+    return next(k for k, v in layer.params.items() if v == param)
 
 
 def layer_factors(
@@ -343,7 +473,10 @@ def layer_factors(
             d = deltas[i]
             i += 1
             d = torch.zeros_like(r.output) if d is None else d
-            parts.append(_layers.factors(layer.module, layer.kind, r.x.detach(), d.detach()))
+            x, d = r.x.detach(), d.detach()
+            if r.batch_dim:
+                x, d = x.transpose(0, r.batch_dim), d.transpose(0, r.batch_dim)
+            parts.append(_layers.factors(layer.module, layer.kind, x, d))
         result[name] = _layers.concat(parts)
     return result
 
@@ -434,8 +567,13 @@ def regroup(
         if r.name in calls:
             calls[r.name].append(r)
     for name, recs in calls.items():
+        for r, f in zip(recs, first[name], strict=False):
+            r.batch_dim = f.batch_dim
         if len(recs) != len(first[name]) or any(
-            r.x.shape[0] != size or r.output.shape[0] != size for r in recs
+            r.x.dim() <= f.batch_dim
+            or r.x.shape[f.batch_dim] != size
+            or r.output.shape[f.batch_dim] != size
+            for r, f in zip(recs, first[name], strict=False)
         ):
             raise UnsupportedOperationError(
                 message(

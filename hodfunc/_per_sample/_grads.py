@@ -193,11 +193,13 @@ def per_sample_grads(
 
     Entry ``i`` of ``result[name]`` is ``d loss_i / d param`` with
     ``loss_i = loss_fn(model(batch[0][i:i+1]), *(b[i:i+1] for b in batch[1:]))``. For Linear,
-    Conv1d/2d/3d (``groups=1``), Embedding, LayerNorm, RMSNorm and GroupNorm layers it is read
-    off one batched forward and backward: ``grad W_i = sum_t delta_it a_it^T`` from the layer's
-    input ``a`` and output gradient ``delta``. Every other parameter (MultiheadAttention's
-    projections, BatchNorm's affine, weights shared between layers, custom modules) falls back
-    to ``vmap(grad(functional_call))``, for those parameters only. The batched pass assumes the
+    Conv1d/2d/3d (``groups=1``), Embedding, LayerNorm, RMSNorm, GroupNorm and
+    MultiheadAttention (its packed or separate in-projections and its out-projection, so also
+    TransformerEncoderLayer and TransformerDecoderLayer) it is read off one batched forward and
+    backward: ``grad W_i = sum_t delta_it a_it^T`` from the layer's input ``a`` and output
+    gradient ``delta``. Every other parameter (BatchNorm's affine, weights shared between layers,
+    custom parameters) falls back to ``vmap(grad(functional_call))``, for those parameters
+    only. The batched pass assumes the
     model treats samples independently and checks it against a forward of sample 0 alone (it
     falls back if not). ``.grad``, parameters, buffers, the module's mode and the RNG state are
     left as they were; large results are allocated on huge pages where the OS allows, which
@@ -273,8 +275,11 @@ def _batched_grads(
                 result[k] = buffers[k] if buffers is not None else empty_result((size, *p.shape), p)
         rows = slice(done.start, done.start + done.size)
         for name, form in done.forms.items():
-            w, b = ctx.layers[name].param("weight"), ctx.layers[name].param("bias")
+            layer = ctx.layers[name]
+            w, b = layer.param("weight"), layer.param("bias")
             _layers.write(
-                form, None if w is None else result[w][rows], None if b is None else result[b][rows]
+                form,
+                None if w is None else layer.part("weight", result[w][rows], 1),
+                None if b is None else layer.part("bias", result[b][rows], 1),
             )
     return covered

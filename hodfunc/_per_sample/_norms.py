@@ -198,11 +198,16 @@ def clipped_grad_sum(
         weights = torch.where(norms > clip, clip / norms, torch.ones_like(norms)).detach()
         result: dict[str, Tensor] = {}
         for name, f in forms.items():
-            local = ctx.layers[name].params
+            layer = ctx.layers[name]
+            local = layer.params
             gw, gb = _layers.weighted_sum(f, weights, "weight" in local, "bias" in local)
             for pname, g in (("weight", gw), ("bias", gb)):
                 if g is not None:
-                    result[local[pname]] = g.reshape(ctx.params[local[pname]].shape)
+                    k = local[pname]
+                    if k not in result:
+                        result[k] = torch.zeros_like(ctx.params[k])
+                    into = layer.part(pname, result[k])
+                    into.copy_(g.reshape(into.shape))
         if rest:
             with torch.enable_grad():
                 grads = torch.autograd.grad(

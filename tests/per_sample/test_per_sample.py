@@ -257,15 +257,10 @@ FAST: dict[str, set[str] | None] = {
     "layernorm_rmsnorm_seq": None,
     "conv1d_same_reflect_groupnorm": None,
     "batchnorm_eval": {"0.weight", "0.bias", "3.weight", "3.bias"},
-    "mha": {"head.weight", "head.bias"},
-    "transformer": {
-        "embed.weight", "layer.linear1.weight", "layer.linear1.bias", "layer.linear2.weight",
-        "layer.linear2.bias", "layer.norm1.weight", "layer.norm1.bias", "layer.norm2.weight",
-        "layer.norm2.bias", "norm.weight", "norm.bias", "head.weight", "head.bias",
-    },
-    "transformer_seq_first": {
-        "embed.weight", "norm.weight", "norm.bias", "head.weight", "head.bias",
-    },
+    "mha": None,
+    "mha_seq_first": None,
+    "transformer": None,
+    "transformer_seq_first": None,
     "tied": {"mix.weight", "mix.bias"},
     "twice": {"lin.weight", "lin.bias", "head.weight", "head.bias"},  # in-place ReLU, called twice
     "centred": set(),
