@@ -27,8 +27,11 @@ if TYPE_CHECKING:
     from ._errors import ShapeError as ShapeError
     from ._errors import UnsupportedOperationError as UnsupportedOperationError
     from ._per_sample import clipped_grad_sum as clipped_grad_sum
+    from ._per_sample import per_sample_grad_dots as per_sample_grad_dots
     from ._per_sample import per_sample_grad_norms as per_sample_grad_norms
+    from ._per_sample import per_sample_grad_projections as per_sample_grad_projections
     from ._per_sample import per_sample_grads as per_sample_grads
+    from ._per_sample import projection_matrix as projection_matrix
     from ._taylor import clear_cache as clear_cache
     from ._transforms._batched import batched as batched
     from ._transforms._derivative import derivative as derivative
@@ -68,6 +71,9 @@ _LAZY = {
     "UnsupportedOperationError": "._errors",
     "clipped_grad_sum": "._per_sample",
     "per_sample_grad_norms": "._per_sample",
+    "per_sample_grad_dots": "._per_sample",
+    "per_sample_grad_projections": "._per_sample",
+    "projection_matrix": "._per_sample",
     "hessian": "._transforms._jacobian",
     "hvp": "._transforms._jacobian",
     "jacobian": "._transforms._jacobian",
@@ -116,7 +122,10 @@ __all__ = [
     "jacobian",
     "laplacian",
     "partial",
+    "per_sample_grad_dots",
     "per_sample_grad_norms",
+    "per_sample_grad_projections",
     "per_sample_grads",
+    "projection_matrix",
     "tune_cpu_allocator",
 ]
