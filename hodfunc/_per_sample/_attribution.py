@@ -59,7 +59,9 @@ def projection_matrix(
     of the BLAKE2b digest of ``f"{seed}|{name}|{tuple(shape)}|{what}"``:
 
     - ``"gaussian"``: row ``k`` is ``torch.randn(n) / sqrt(dim)`` from ``what = f"gaussian:{k}"``;
-    - ``"rademacher"``: row ``k`` is ``(2 bernoulli(1/2) - 1) / sqrt(dim)``, ``f"rademacher:{k}"``;
+    - ``"rademacher"``: row ``k`` is ``(2 b - 1) / sqrt(dim)`` from ``f"rademacher:{k}"``, with
+      ``b`` the bits (least significant first) of ``torch.randint(0, 256, (ceil(n / 8),),
+      dtype=torch.uint8)``;
     - ``"kronecker"``: for a parameter of 2 or more dimensions ``P_out kron P_in``, with
       ``P_out = randn(m_out, shape[0]) / sqrt(m_out)`` (``"kronecker:out"``) and
       ``P_in = randn(m_in, prod(shape[1:])) / sqrt(m_in)`` (``"kronecker:in"``), where

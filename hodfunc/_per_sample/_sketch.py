@@ -60,15 +60,20 @@ def dense_rows(
     kind: ProjectionKind, seed: int, name: str, shape: tuple[int, ...], dim: int, rows: range
 ) -> Tensor:
     """Rows ``rows`` of the dense matrix ``(dim, prod(shape))`` of ``kind`` ("gaussian" or
-    "rademacher"), float32 on the CPU: row ``k`` is ``torch.randn(n)`` (or ``2 * bernoulli(0.5)
-    - 1``) drawn from ``torch.Generator().manual_seed(stream_seed(seed, name, shape,
-    f"{kind}:{k}"))``, divided by ``sqrt(dim)``."""
+    "rademacher"), float32 on the CPU, divided by ``sqrt(dim)``. Row ``k`` is drawn from
+    ``torch.Generator().manual_seed(stream_seed(seed, name, shape, f"{kind}:{k}"))``: as
+    ``torch.randn(n)``, or for rademacher as ``2 b - 1`` with ``b`` the bits, least significant
+    first, of ``torch.randint(0, 256, (ceil(n / 8),), dtype=torch.uint8)`` (eight signs per
+    draw)."""
     n = math.prod(shape)
     out = torch.empty(len(rows), n)
+    shifts = torch.arange(8, dtype=torch.uint8)
     for i, k in enumerate(rows):
         g = _generator(seed, name, shape, f"{kind}:{k}")
         if kind == "rademacher":
-            out[i].bernoulli_(0.5, generator=g).mul_(2.0).sub_(1.0)
+            words = torch.randint(0, 256, ((n + 7) // 8,), dtype=torch.uint8, generator=g)
+            bits = (words.unsqueeze(1) >> shifts).bitwise_and_(1).reshape(-1)[:n]
+            out[i].copy_(bits).mul_(2.0).sub_(1.0)
         else:
             torch.randn(n, generator=g, out=out[i])
     return out.div_(math.sqrt(dim))
