@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from ._allocator import tune_cpu_allocator as tune_cpu_allocator
     from ._errors import ArgumentError as ArgumentError
     from ._errors import ArgumentTypeError as ArgumentTypeError
+    from ._errors import BatchWarning as BatchWarning
     from ._errors import CacheWarning as CacheWarning
     from ._errors import CompileError as CompileError
     from ._errors import FallbackWarning as FallbackWarning
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from ._transforms._derivative import directional_derivative as directional_derivative
     from ._transforms._derivative import laplacian as laplacian
     from ._transforms._derivative import partial as partial
+    from ._transforms._derivative import partials as partials
     from ._transforms._jacobian import hessian as hessian
     from ._transforms._jacobian import hvp as hvp
     from ._transforms._jacobian import jacobian as jacobian
@@ -54,9 +56,11 @@ _LAZY = {
     "directional_derivative": "._transforms._derivative",
     "laplacian": "._transforms._derivative",
     "partial": "._transforms._derivative",
+    "partials": "._transforms._derivative",
     "Method": "._transforms._method",
     "ArgumentError": "._errors",
     "ArgumentTypeError": "._errors",
+    "BatchWarning": "._errors",
     "CacheWarning": "._errors",
     "CompileError": "._errors",
     "FallbackWarning": "._errors",
@@ -97,6 +101,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
+    "BatchWarning",
     "CacheWarning",
     "CompileError",
     "FallbackWarning",
@@ -122,6 +127,7 @@ __all__ = [
     "jacobian",
     "laplacian",
     "partial",
+    "partials",
     "per_sample_grad_dots",
     "per_sample_grad_norms",
     "per_sample_grad_projections",

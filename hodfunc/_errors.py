@@ -75,6 +75,11 @@ class FallbackWarning(HodfuncWarning):
     """``method="auto"`` fell back from a fast method to nested torch.func."""
 
 
+class BatchWarning(HodfuncWarning):
+    """A batch of points reached a per-point transform without ``vmap`` or ``batched``, and the
+    answer looks per element: the derivative with respect to one entry of the batch."""
+
+
 class CacheWarning(HodfuncWarning):
     """A Taylor-mode trace cannot be cached soundly, so the function is traced on every call."""
 

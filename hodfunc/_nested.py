@@ -145,6 +145,10 @@ class NestedEngine:
         with FORWARD_AD, guard(call.api) as watch:
             return partial_fn(_watched(call, watch), call.x, wrt)(call.x)
 
+    def partials(self, call: Call, terms: tuple[tuple[int, ...], ...]) -> tuple[Tensor, ...]:
+        """Each partial in ``terms`` from its own nest (nested torch.func shares nothing)."""
+        return tuple(self.partial(call, wrt) for wrt in terms)
+
     def laplacian(self, call: Call) -> Tensor:
         x = call.x
 

@@ -8,7 +8,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._errors import ArgumentError, ArgumentTypeError, PrecisionWarning, ShapeError, message
+from ._errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    BatchWarning,
+    PrecisionWarning,
+    ShapeError,
+    message,
+)
+from ._functorch import outside_functorch, physical, tracing, transformed
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -276,3 +284,40 @@ def warn_precision(api: str, x: Tensor, order: int) -> None:
             PrecisionWarning,
             stacklevel=3,
         )
+
+
+def warn_per_element(
+    api: str, x: Tensor, terms: Sequence[tuple[int, ...]], results: Sequence[Tensor]
+) -> None:
+    """Warn when a batch of points seems to have reached a per-point transform without ``vmap``:
+    ``x`` has a leading dimension ``N > 1``, a result has the same leading dimension and is zero
+    beyond row 0, and every index in ``terms`` falls in ``x``'s row 0. The transform then
+    differentiated with respect to entries of the first point only, and its answer for the other
+    points is zero, silently. A genuine matrix argument rarely has all three."""
+    if tracing() or transformed(x) or x.dim() == 0 or x.shape[0] <= 1:
+        return
+    n = x.shape[0]
+    row = x.numel() // n
+    if not any(terms) or any(i >= row for term in terms for i in term):
+        return
+    suspects = [r for r, t in zip(results, terms, strict=True) if t and r.dim() and r.shape[0] == n]
+    if not suspects:
+        return
+    with outside_functorch():
+        if not any(bool((physical(r)[1:] == 0).all()) for r in suspects):
+            return
+    warnings.warn(
+        message(
+            api,
+            "the transform is per point, and here it got a batch: the argument and the result "
+            f"share the leading dimension {n}, and every wrt index falls in row 0, so the "
+            "result is the derivative with respect to entries of the first point, zero at the "
+            "others",
+            f"an argument of shape {tuple(x.shape)} and wrt indices "
+            f"{sorted({i for t in terms for i in t})}",
+            "Map it over the points: torch.func.vmap(transform)(X), or "
+            "hodfunc.batched(transform)(X) for chunks and progress.",
+        ),
+        BatchWarning,
+        stacklevel=3,
+    )

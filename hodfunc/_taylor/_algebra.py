@@ -26,12 +26,13 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .._functorch import tracing, writable
+from .._functorch import may_record, tracing, writable
 from . import _series
-from ._memory import empty_series
+from ._memory import compact, empty_series
+from ._mixed import Monomial, closure, power_pairs, product_pairs
 from ._series import Pairs, cauchy_pairs, pair_table
 
-__all__ = ["Algebra", "Collapsed", "Univariate", "join"]
+__all__ = ["Algebra", "Collapsed", "Multivariate", "Univariate", "join"]
 
 
 class UnaryRule(Protocol):
@@ -207,7 +208,8 @@ class Collapsed:
         first: bool = True,
     ) -> Tensor:
         scaled = (lambda d1: _scaled_rows(d1, a, donated)) if first else None
-        return self._unary(rule, a[0], a[1:], scaled)
+        a0, rest = torch.split(a, [1, a.shape[0] - 1])  # one split: see Multivariate.unary
+        return self._unary(rule, a0.squeeze(0), rest, scaled)
 
     def unary_split(
         self,
@@ -240,13 +242,16 @@ class Collapsed:
         1.. in its rows 1.., and anything in row 0 (overwritten here); without it the result ends
         after row 1."""
         y, d1, d2 = _series.second_order(rule, a0)
-        squares = _series.sum_of_squares(rest[1:])
+        summed, firsts = torch.split(rest, [1, rest.shape[0] - 1])
+        squares = _series.sum_of_squares(firsts)
         if scaled is None:
-            return torch.stack([y, d1 * rest[0] + d2 * squares])
-        if tracing():
-            return torch.cat(
-                [y.unsqueeze(0), (d1 * rest[0] + d2 * squares).unsqueeze(0), d1 * rest[1:]]
-            )
+            return torch.stack([y, d1 * summed.squeeze(0) + d2 * squares])
+        if tracing() or may_record(a0) or may_record(rest):
+            # traced, or recorded by autograd: in-place writes would cost a clone of the whole
+            # gradient each in the backward (``CopySlices``); one cat costs one copy forward and
+            # nothing backward (its gradients are views)
+            second = d1 * summed.squeeze(0) + d2 * squares
+            return torch.cat([y.unsqueeze(0), second.unsqueeze(0), d1 * firsts])
         out = scaled(d1)  # rows 1.. hold phi' times the input's: right but for the second order
         try:  # in place on a new tensor (or one nothing else reads): saves copies
             out.select(0, 0).copy_(y)
@@ -258,6 +263,208 @@ class Collapsed:
 
     def product(self, op: Bilinear, a: Tensor, b: Tensor, *, batched: bool) -> Tensor:
         return _combine(pair_table(_collapsed_pairs(self.n), self.size, a), op, a, b, batched)
+
+    def divide(self, a: Tensor, b: Tensor) -> Tensor:
+        return self.product(torch.mul, a, self.unary(_series.reciprocal, b), batched=True)
+
+
+_Table = tuple[Tensor, Tensor, Tensor, Tensor | None]
+_TABLES: dict[tuple[object, ...], _Table] = {}
+
+
+def _pair_table(entries: tuple[tuple[int, int, int, int], ...], like: Tensor) -> _Table:
+    """``(ia, ib, k, w)`` of a table of ``(i, j, k, w)`` entries, as tensors (``w`` is ``None``
+    where every weight is 1).
+
+    Cached per device and dtype except while a trace records (a tensor made then would be a
+    fake one, and leak into later calls)."""
+    key = (entries, like.device, like.dtype)
+    table = _TABLES.get(key)
+    if table is not None:
+        return table
+    ia, ib, k, w = (list(column) for column in zip(*entries, strict=True))
+    weights = None
+    if any(v != 1 for v in w):
+        weights = torch.tensor([float(v) for v in w], dtype=like.dtype, device=like.device)
+    table = (
+        torch.tensor(ia, device=like.device),
+        torch.tensor(ib, device=like.device),
+        torch.tensor(k, device=like.device),
+        weights,
+    )
+    if not tracing():
+        _TABLES[key] = table
+    return table
+
+
+def _pair_sum(table: _Table, products: Tensor, size: int) -> Tensor:
+    """Row ``k`` of the result: the sum of the (weighted) products of its pairs. Summed by index,
+    not by a 0/1 matrix: an infinite product then reaches its own row only (``0 * inf`` would
+    make every row, the value too, ``nan``)."""
+    _, _, k, w = table
+    if w is not None:
+        products = products * w.reshape(-1, *[1] * (products.dim() - 1))
+    return products.new_zeros(size, *products.shape[1:]).index_add(0, k, products)
+
+
+def _rows(t: Tensor, columns: tuple[Tensor, ...], rows: list[int]) -> Tensor:
+    """``t[rows]`` from ``columns = t.unbind(0)``: ``t`` itself for all its rows in order, a view
+    for a single row, else a stack. The backward of ``unbind`` joins the rows' gradients once;
+    that of a slice or a select would zero-fill a gradient of all of ``t`` for each."""
+    if rows == list(range(t.shape[0])):
+        return t
+    if len(rows) == 1:
+        return columns[rows[0]].unsqueeze(0)
+    return torch.stack([columns[r] for r in rows])
+
+
+class Multivariate:
+    """Truncated Taylor polynomials in ``m`` seed variables: the jet of ``f(x + sum_l s_l v_l)``
+    restricted to a downward-closed set of monomials ``s^a``, row ``k`` holding the normalized
+    coefficient ``(d^a f / a!)`` of ``monomials[k]``.
+
+    Row 0 is the value and rows ``1..m`` are the first orders along each ``v_l``, so a seed is the
+    split jet ``(x, [v_1, ..., v_m])`` and an affine jet ends after row ``m``. A mixed partial is
+    read off its own row: no interpolation over directions, so no cancellation, and the set holds
+    only the monomials the requested partials divide (``d^2 f / dx dy`` needs the rows 1, x, y,
+    xy: four, against three for ``d^2 f / dx^2``).
+
+    Products are truncated polynomial products (``product_pairs``). An elementwise ``phi`` is
+    composed from its Taylor coefficients at the value, ``phi(a_0 + delta) = sum_p phi_p
+    delta^p`` with ``phi_p = phi^(p)(a_0) / p!``, which the univariate rule gives from the series
+    of ``a_0 + t``; the powers of ``delta`` are products that only ever reach rows of degree
+    ``>= p``. The cost is about ``order`` products per op, so this algebra is meant for the low
+    orders of PDE operators; a single high-order partial is cheaper along one direction.
+    """
+
+    def __init__(self, monomials: tuple[Monomial, ...]) -> None:
+        self.monomials = monomials
+        self.size = len(monomials)
+        self.variables = len(monomials[0])
+        degrees = [sum(a) for a in monomials]
+        self.order = max(degrees)
+        self._start = [
+            next((k for k, d in enumerate(degrees) if d >= p), self.size)
+            for p in range(self.order + 2)
+        ]
+
+    @classmethod
+    def covering(cls, terms: tuple[Monomial, ...]) -> Multivariate:
+        """The smallest such algebra whose rows include every monomial in ``terms``."""
+        return cls(closure(terms))
+
+    def row(self, monomial: Monomial) -> int:
+        """The row holding ``monomial``'s coefficient."""
+        return self.monomials.index(monomial)
+
+    def _phi(self, rule: UnaryRule, a0: Tensor) -> list[Tensor]:
+        """``phi^(p)(a_0) / p!`` for ``p = 0..order``."""
+        if self.order <= 2:
+            return list(_series.second_order(rule, a0))[: self.order + 1]
+        seed = torch.stack([a0, torch.ones_like(a0), *[torch.zeros_like(a0)] * (self.order - 1)])
+        return list(rule(seed, affine=True).unbind(0))
+
+    def _compose(self, rule: UnaryRule, a0: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+        """``phi(a_0 + delta)`` as ``(value, rows 1..)``; ``delta`` holds rows ``1..`` (fewer:
+        the rest are zeros)."""
+        if self.order <= 2:
+            return self._compose2(rule, a0, delta)
+        phi = self._phi(rule, a0)
+        rows = delta.shape[0]
+        power = delta
+        acc = phi[1] * delta
+        for p in range(2, self.order + 1):
+            table = _pair_table(power_pairs(self.monomials, p, min(rows, self.size - 1)), a0)
+            products = delta[table[0]] * power[table[1]]
+            power = _pair_sum(table, products, self.size - self._start[p])
+            offset = self._start[p] - 1
+            term = phi[p] * power
+            if acc.shape[0] <= offset:  # an affine jet: nothing beyond its first orders yet
+                missing = offset - acc.shape[0]
+                parts = (
+                    [acc, term]
+                    if not missing
+                    else [acc, term.new_zeros(()).expand(missing, *term.shape[1:]), term]
+                )
+                acc = torch.cat(parts)
+            else:
+                acc = torch.cat([acc[:offset], acc[offset:] + term])
+        if acc.shape[0] < self.size - 1:
+            acc = torch.cat(
+                [acc, acc.new_zeros(()).expand(self.size - 1 - acc.shape[0], *acc.shape[1:])]
+            )
+        return phi[0], acc
+
+    def _compose2(self, rule: UnaryRule, a0: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+        """``_compose`` at order <= 2, in about ten passes over the rows: ``y_l = phi' a_l`` for
+        the first orders and ``y_g = phi' a_g + (phi''/2) (delta^2)_g`` for the second, where
+        ``(delta^2)_g`` is ``a_l^2`` or ``2 a_l a_k``: one pair per monomial of degree 2."""
+        y, d1, d2 = _series.second_order(rule, a0)
+        m = self.variables
+        if delta.shape[0] > m:
+            delta, higher = torch.split(delta, [m, delta.shape[0] - m])
+        else:
+            higher = None
+        parts = [d1 * delta]
+        if self.order == 2:
+            pairs = power_pairs(self.monomials, 2, m)
+            left = [i for i, _, _, _ in pairs]
+            right = [j for _, j, _, _ in pairs]
+            # point-independent first orders (the images of the seeds before the first
+            # nonlinearity) are multiplied once, not at every point
+            first = compact(delta, keep=0)
+            columns = first.unbind(0)
+            squares = _rows(first, columns, left) * _rows(first, columns, right)
+            weights = [w for _, _, _, w in pairs]
+            if any(w != 1 for w in weights):
+                scale = torch.tensor(weights, dtype=squares.dtype, device=squares.device)
+                squares = squares * scale.reshape(-1, *[1] * (squares.dim() - 1))
+            second = d2 * squares
+            if higher is not None:
+                second = second + d1 * higher
+            parts.append(second)
+        return y, torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def unary(
+        self,
+        rule: UnaryRule,
+        a: Tensor,
+        *,
+        affine: bool = False,
+        donated: bool = False,
+        first: bool = True,
+    ) -> Tensor:
+        # one split, not a select and a slice: the backward of each of those would zero-fill a
+        # gradient of the whole jet, the split's backward joins the pieces' gradients once
+        m = self.variables
+        if affine and a.shape[0] > 1 + m:
+            a0, delta, _ = torch.split(a, [1, m, a.shape[0] - 1 - m])
+        else:
+            a0, delta = torch.split(a, [1, a.shape[0] - 1])
+        return join(*self._compose(rule, a0.squeeze(0), delta), self.size)
+
+    def unary_split(
+        self,
+        rule: UnaryRule,
+        head: Tensor,
+        tail: Tensor,
+        *,
+        affine: bool = False,
+        first: bool = True,
+    ) -> Tensor:
+        return join(*self.unary_parts(rule, head, tail, affine=affine), self.size)
+
+    def unary_parts(
+        self, rule: UnaryRule, head: Tensor, tail: Tensor, *, affine: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """``unary_split`` held split, ``(value, rows 1..)``: a linear layer next takes the two
+        parts as they are, so the jet is never joined (no copy forward, none backward)."""
+        return self._compose(rule, head, tail[: self.variables] if affine else tail)
+
+    def product(self, op: Bilinear, a: Tensor, b: Tensor, *, batched: bool) -> Tensor:
+        table = _pair_table(product_pairs(self.monomials), a)
+        products = _pairwise(op, a[table[0]], b[table[1]], batched)
+        return _pair_sum(table, products, self.size)
 
     def divide(self, a: Tensor, b: Tensor) -> Tensor:
         return self.product(torch.mul, a, self.unary(_series.reciprocal, b), batched=True)

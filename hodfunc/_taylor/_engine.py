@@ -22,6 +22,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable
 from fractions import Fraction
+from typing import TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -50,14 +51,18 @@ from .._functorch import (
 from .._nested import NestedEngine, basis, unit
 from .._validate import check_output
 from . import _range
-from ._algebra import Collapsed, Univariate
+from ._algebra import Collapsed, Multivariate, Univariate
 from ._interpret import run
 from ._mixed import interpolation
 from ._reach import Opaque, Reach
 from ._rules import Context, Jet, has_rule
 from ._trace import SHARED, Bound, reach_of
 
-__all__ = ["AutoEngine", "TaylorEngine"]
+__all__ = ["MULTIVARIATE_ORDER", "AutoEngine", "TaylorEngine"]
+
+MULTIVARIATE_ORDER = 4
+"""Mixed partials up to this order come from one multivariate jet (exact rows, no cancellation);
+higher ones from the Griewank-Utke-Walther directions, each range-safe along its direction."""
 
 
 def _to_derivatives(
@@ -83,15 +88,16 @@ def _coefficients_of(call: Call, out: object, ctx: Context) -> Tensor:
 def _seed(x: Tensor, tail: Tensor, ctx: Context) -> Jet:
     """The input's jet: value ``x``, next coefficients ``tail`` (the rest zeros); univariate
     seeds ``x + t v`` are affine."""
-    affine = isinstance(ctx.algebra, Univariate)
+    affine = isinstance(ctx.algebra, (Univariate, Multivariate))
     return Jet(split=(x, tail), affine=affine, size=ctx.algebra.size)
 
 
 _SCALAR_READ = "aten._local_scalar_dense"
-_EAGER: dict[Callable[..., Tensor], Callable[..., Tensor]] = {}
+R = TypeVar("R")
+_EAGER: dict[Callable[..., object], Callable[..., object]] = {}
 
 
-def _eager(method: Callable[..., Tensor]) -> Callable[..., Tensor]:
+def _eager(method: Callable[..., R]) -> Callable[..., R]:
     """``method`` with Dynamo's frame hook off while it runs, once Dynamo is imported: after the
     graph break ``_not_compiling`` makes, Dynamo would otherwise try to compile every frame of the
     engine (slower than eager, and warnings about calls it cannot trace)."""
@@ -101,7 +107,7 @@ def _eager(method: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if dynamo is None:
             return method
         run = _EAGER[method] = dynamo.disable(method, reason="hodfunc's Taylor mode runs eagerly")
-    return run
+    return cast("Callable[..., R]", run)
 
 
 def _not_compiling(api: str) -> None:
@@ -151,7 +157,7 @@ def _whole_batch(call: Call, tail: Tensor) -> tuple[Tensor, Tensor, int, Reach] 
     others = [t for t in pytree.tree_leaves(rest) if isinstance(t, Tensor)]
     reached = reach_of(call.fn, call.args, call.kwargs)
     others += reached.tensors
-    if any(transformed(t) or t.requires_grad for t in others):
+    if any(transformed(t) for t in others):
         return None  # (x itself passed again counts: it is batched)
     if transformed(tail):
         rows = batch_at(tail, level, dim=1)
@@ -367,6 +373,32 @@ class TaylorEngine(Opaque):
     def jet(self, call: Call, v: Tensor, order: int, *, read: int = 1) -> Tensor:
         return self._derivatives(call, None, v, order, read=read)
 
+    def partials(self, call: Call, terms: tuple[tuple[int, ...], ...]) -> tuple[Tensor, ...]:
+        """Every partial in ``terms`` (``wrt`` tuples) from one multivariate jet whose seed
+        variables are the coordinates they name (``Multivariate``)."""
+        x = call.x
+        variables = sorted({i for term in terms for i in term})
+        if not variables:
+            value = check_output(call.api, call.at(x))
+            return tuple(value for _ in terms)
+        exponents = tuple(tuple(term.count(v) for v in variables) for term in terms)
+        algebra = Multivariate.covering(exponents)
+        ctx = Context(algebra, call.api)
+        index = torch.tensor(variables, device=x.device)
+        seeds = torch.nn.functional.one_hot(index, x.numel()).to(x.dtype)
+        coefficients = self._propagate(call, None, seeds.reshape(len(variables), *x.shape), ctx)
+        self._warn(call.api, ctx, algebra.order)
+        rows = torch.tensor([0, *(algebra.row(e) for e in exponents)], device=x.device)
+        scales = [math.prod(math.factorial(k) for k in e) for e in exponents]
+        picked = coefficients.index_select(0, rows)  # one gather: its backward, one scatter
+        read = picked[1:]
+        if any(s != 1 for s in scales):
+            factor = torch.tensor(scales, dtype=read.dtype, device=x.device)
+            read = read * factor.reshape(-1, *[1] * (read.dim() - 1))
+        names = [f"wrt={term}" for term in terms]
+        _range.check_partials(call.api, names, read, picked)
+        return tuple(read.unbind(0))
+
     def partial(self, call: Call, wrt: tuple[int, ...]) -> Tensor:
         x = call.x
         d = len(wrt)
@@ -374,6 +406,8 @@ class TaylorEngine(Opaque):
         if len(counts) <= 1:
             direction = unit(x, wrt[0]) if wrt else torch.zeros_like(x)
             return self._derivatives(call, None, direction, d, read=max(d, 1))[d]
+        if d <= MULTIVARIATE_ORDER:
+            return self.partials(call, (wrt,))[0]
         bound = self._bind(call)
         indices = list(counts)
         terms = interpolation(tuple(counts[i] for i in indices))
@@ -466,6 +500,20 @@ class AutoEngine(Opaque):
             if not self._fallback:
                 raise
             result = self._nested.partial(call, wrt)
+            self._warn(call, error)
+            return result
+
+    def partials(self, call: Call, terms: tuple[tuple[int, ...], ...]) -> tuple[Tensor, ...]:
+        _not_compiling(call.api)
+        return _eager(AutoEngine._partials)(self, call, terms)
+
+    def _partials(self, call: Call, terms: tuple[tuple[int, ...], ...]) -> tuple[Tensor, ...]:
+        try:
+            return self._taylor.partials(call, terms)
+        except UnsupportedOperationError as error:
+            if not self._fallback:
+                raise
+            result = self._nested.partials(call, terms)
             self._warn(call, error)
             return result
 

@@ -68,3 +68,76 @@ def interpolation(j: tuple[int, ...]) -> tuple[tuple[tuple[int, ...], Fraction],
     rhs = [Fraction(int(a == j)) for a in lattice]
     gammas = _solve(matrix, rhs)
     return tuple((i, g) for i, g in zip(lattice, gammas, strict=True) if g)
+
+
+Monomial = tuple[int, ...]
+"""A multi-index over the seed variables of a multivariate jet: ``(2, 1)`` is ``s_0^2 s_1``."""
+
+
+@functools.cache
+def closure(terms: tuple[Monomial, ...]) -> tuple[Monomial, ...]:
+    """Every monomial dividing one of ``terms``, sorted by degree (the constant first, then the
+    variables in order, ...): the rows of a multivariate jet that yields the partials ``terms``.
+
+    >>> closure(((2, 0), (1, 1)))
+    ((0, 0), (0, 1), (1, 0), (1, 1), (2, 0))
+    """
+    m = len(terms[0])
+    found = {(0,) * m}
+    for term in terms:
+        found.update(itertools.product(*(range(e + 1) for e in term)))
+    first = [tuple(int(i == v) for i in range(m)) for v in range(m)]
+    rest = sorted(found.difference(first, [(0,) * m]), key=lambda a: (sum(a), a))
+    return ((0,) * m, *(a for a in first if a in found), *rest)
+
+
+def _add(a: Monomial, b: Monomial) -> Monomial:
+    return tuple(x + y for x, y in zip(a, b, strict=True))
+
+
+@functools.cache
+def product_pairs(monomials: tuple[Monomial, ...]) -> tuple[tuple[int, int, int, int], ...]:
+    """``(i, j, k, 1)`` for every pair of rows whose monomials multiply into row ``k``'s: the
+    truncated product of two multivariate jets, ``c_k = sum a_i b_j``."""
+    index = {a: k for k, a in enumerate(monomials)}
+    out: list[tuple[int, int, int, int]] = []
+    for i, a in enumerate(monomials):
+        for j, b in enumerate(monomials):
+            k = index.get(_add(a, b))
+            if k is not None:
+                out.append((i, j, k, 1))
+    return tuple(out)
+
+
+@functools.cache
+def power_pairs(
+    monomials: tuple[Monomial, ...], power: int, rows: int
+) -> tuple[tuple[int, int, int, int], ...]:
+    """How ``delta^power`` follows from ``delta^(power - 1)`` and ``delta``, where ``delta`` is
+    the jet without its constant and only its first ``rows`` rows after the constant may be
+    nonzero (``rows = m``: an affine jet).
+
+    Rows are numbered from the first of degree >= ``power`` (``delta^power`` has no others).
+    Each entry is ``(i, j, k, w)``: ``w delta[i] delta^(power - 1)[j]`` adds into row ``k`` of
+    ``delta^power``; for ``power = 2`` the symmetric pairs are merged (``w = 2``).
+    """
+    degrees = [sum(a) for a in monomials]
+    start = [
+        next((k for k, d in enumerate(degrees) if d >= p), len(degrees)) for p in range(power + 1)
+    ]
+    index = {a: k for k, a in enumerate(monomials)}
+    out: dict[tuple[int, int, int], int] = {}
+    for i in range(1, 1 + rows):
+        for j in range(start[power - 1], len(monomials)):
+            if power == 2 and j > 1 + rows - 1:
+                continue  # delta's own rows beyond ``rows`` are zero
+            k = index.get(_add(monomials[i], monomials[j]))
+            if k is None:
+                continue
+            key = (i - 1, j - start[power - 1], k - start[power])
+            if power == 2:
+                key = (min(key[0], key[1]), max(key[0], key[1]), key[2])
+            out[key] = out.get(key, 0) + 1
+    return tuple(
+        (i, j, k, w) for (i, j, k), w in sorted(out.items(), key=lambda e: (e[0][2], e[0]))
+    )

@@ -508,3 +508,42 @@ def user_stacklevel() -> int:
         frame = frame.f_back
         level += 1
     return level
+
+
+def check_partials(api: str, names: list[str], values: Tensor, coefficients: Tensor) -> None:
+    """Warn where a partial read off a multivariate jet left the dtype's range: ``values`` holds
+    one row per name (``a!`` times its coefficient), ``coefficients`` the same rows' coefficients
+    ``d^a f / a!`` with the value row first. Flagged: ``inf`` or ``nan`` where the function's
+    value is finite, and coefficients that underflowed (subnormal). One host sync."""
+    if not _inspectable(coefficients):
+        return
+    info = torch.finfo(values.dtype)
+    with outside_functorch():
+        got = physical(values)
+        c = physical(coefficients)
+        value_finite = torch.isfinite(c[:1])
+        over = ~torch.isfinite(got) & value_finite
+        under = (c[1:] != 0) & (c[1:].abs() < info.tiny)
+        per_row = (over | under).any(1)
+        if not bool(per_row.any()):
+            return
+        which = [name for name, hit in zip(names, per_row.tolist(), strict=True) if hit]
+        overflow = bool(over.any())
+    name = str(values.dtype).removeprefix("torch.")
+    rule = (
+        f"a partial derivative is outside {name}'s range, so it comes back as inf or nan"
+        if overflow
+        else f"a partial derivative underflowed {name}'s range, so it comes back as 0 or "
+        "with few digits"
+    )
+    warnings.warn(
+        message(
+            api,
+            rule,
+            f"terms {', '.join(which)}",
+            "Compute in float64, or rescale the coordinates so that the derivatives are of "
+            "moderate size.",
+        ),
+        RangeWarning,
+        stacklevel=user_stacklevel(),
+    )

@@ -125,10 +125,13 @@ def sum_of_squares(rows: Tensor) -> Tensor:
     rows = compact(rows, keep=0)  # rows repeated along a dim: their sum is too
     if rows.shape[0] < 2 or not _large(rows[0]):
         return (rows * rows).sum(0)
-    acc = rows[0] * rows[0]
+    # unbind, not one select per row: each select's backward would zero-fill a gradient of all
+    # the rows, unbind's joins the rows' gradients once
+    each = rows.unbind(0)
+    acc = each[0] * each[0]
     in_place = writable(acc)
-    for i in range(1, rows.shape[0]):
-        acc = _fma(acc, rows[i], rows[i], 1.0, in_place)
+    for row in each[1:]:
+        acc = _fma(acc, row, row, 1.0, in_place)
     return acc
 
 

@@ -6,16 +6,18 @@ import functools
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import ParamSpec, Protocol
+from typing import ParamSpec, Protocol, TypeVar
 
 import torch
 from torch import Tensor
 from torch.func import vmap
+from torch.utils import _pytree as pytree
 
 from .._errors import ArgumentError, ArgumentTypeError, ShapeError, message
 from .._validate import check_callable, check_chunk_size, check_dense, check_output
 
 P = ParamSpec("P")
+R = TypeVar("R", Tensor, tuple[Tensor, ...], dict[str, Tensor])
 
 
 class _Bar(Protocol):
@@ -138,24 +140,45 @@ def _narrow(a: object, dim: int | None, start: int, length: int) -> object:
     return a.narrow(dim, start, min(length, a.shape[dim] - start))
 
 
+def _checked_tree(api: str, out: object) -> object:
+    """``out`` if it is a tensor, or a tuple, list or dict of tensors (``partials``' results)."""
+    if isinstance(out, (tuple, list, dict)) and out:
+        for leaf in pytree.tree_leaves(out):
+            check_output(api, leaf, differentiable=False)
+        return out
+    return check_output(api, out, differentiable=False)
+
+
+def _join(pieces: list[object]) -> object:
+    """The chunks' results joined along dim 0, leaf by leaf."""
+    if len(pieces) == 1:
+        return pieces[0]
+    return pytree.tree_map(lambda *parts: torch.cat(parts), *pieces)
+
+
 def batched(
-    fn: Callable[P, Tensor],
+    fn: Callable[P, R],
     *,
     in_dims: int | Sequence[int | None] | None = 0,
     chunk_size: int | None = None,
     progress: bool = False,
-) -> Callable[P, Tensor]:
+) -> Callable[P, R]:
     """Evaluate ``fn`` per point over a leading batch, ``chunk_size`` points at a time.
 
     Equivalent to ``torch.func.vmap(fn, in_dims)`` but evaluated chunk by chunk, so peak memory is
-    that of ``chunk_size`` points, and the outputs are concatenated along dim 0. ``progress=True``
-    shows a bar on stderr (tqdm if installed). Batch sizes are checked, never broadcast.
+    that of ``chunk_size`` points, and the outputs are concatenated along dim 0. ``fn`` returns a
+    tensor, or a tuple or dict of tensors (as ``hodfunc.partials`` does), joined leaf by leaf.
+    ``progress=True`` shows a bar on stderr (tqdm if installed). Batch sizes are checked, never
+    broadcast.
 
     Example:
         >>> import torch, hodfunc
         >>> d2 = hodfunc.batched(hodfunc.derivative(torch.sin, order=2), chunk_size=2)
         >>> d2(torch.tensor([0.5, 1.0, 2.0]))
         tensor([-0.4794, -0.8415, -0.9093])
+        >>> both = hodfunc.batched(hodfunc.partials(torch.sin, {"u": (), "u_x": (0,)}))
+        >>> both(torch.tensor([0.0, 1.0]))["u_x"]
+        tensor([1.0000, 0.5403])
     """
     api = "hodfunc.batched"
     check_callable(api, fn, "fn")
@@ -164,22 +187,23 @@ def batched(
     fn_any: Callable[..., object] = fn
 
     @functools.wraps(fn)
-    def wrapped(*args: P.args, **kwargs: P.kwargs) -> Tensor:
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
         dims = _dims(api, dims_spec, len(args))
         total = _batch_size(api, args, dims)
         step = total if chunk is None else chunk
 
-        def checked(*a: object, **k: object) -> Tensor:  # typed error, not vmap's ValueError
-            return check_output(api, fn_any(*a, **k), differentiable=False)
+        def checked(*a: object, **k: object) -> object:  # typed error, not vmap's ValueError
+            return _checked_tree(api, fn_any(*a, **k))
 
         mapped: Callable[..., object] = vmap(checked, in_dims=tuple(dims))
-        pieces: list[Tensor] = []
+        pieces: list[object] = []
         with _progress(progress, total) as bar:
             for start in range(0, total, step):
                 part = tuple(_narrow(a, d, start, step) for a, d in zip(args, dims, strict=True))
-                pieces.append(check_output(api, mapped(*part, **kwargs), differentiable=False))
+                pieces.append(_checked_tree(api, mapped(*part, **kwargs)))
                 if bar is not None:
-                    bar.update(pieces[-1].shape[0])
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+                    bar.update(pytree.tree_leaves(pieces[-1])[0].shape[0])
+        joined: R = _join(pieces)  # type: ignore[assignment]  # the same structure as fn's result
+        return joined
 
     return wrapped

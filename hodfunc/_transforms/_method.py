@@ -42,6 +42,10 @@ class Engine(Protocol):
         """The mixed partial ``d^n f / dx[wrt[0]] ... dx[wrt[n-1]]`` (flat indices into ``x``)."""
         ...
 
+    def partials(self, call: Call, terms: tuple[tuple[int, ...], ...]) -> tuple[Tensor, ...]:
+        """The partial of every ``wrt`` tuple in ``terms``, sharing what the method can share."""
+        ...
+
     def laplacian(self, call: Call) -> Tensor:
         """``sum_i d^2 f / dx_i^2`` over every coordinate of ``x``."""
         ...

@@ -83,11 +83,15 @@ def affine(a: Jet, const: object) -> Jet:
         if tuple(head.shape) != tuple(tail.shape[1:]):
             tail = lift(tail, head.dim()).expand(tail.shape[0], *head.shape)
         return Jet(split=(head, tail), size=a.size)
-    head = a.c[0] + const  # type: ignore[operator]  # a tensor or a number
-    tail = a.c[1:]
+    # held split, not joined: no copy of the coefficients (the next op, a nonlinearity or a
+    # linear layer, takes the parts as they are). One split, not a select and a slice: their
+    # backwards would each zero-fill a gradient of the whole jet, the split's joins the pieces'
+    # gradients once.
+    first, tail = torch.split(a.c, [1, a.c.shape[0] - 1])
+    head = first.squeeze(0) + const  # type: ignore[operator]  # a tensor or a number
     if tuple(head.shape) != tuple(tail.shape[1:]):
         tail = lift(tail, head.dim()).expand(tail.shape[0], *head.shape)
-    return Jet(torch.cat([head.unsqueeze(0), tail]))
+    return Jet(split=(head, tail), size=a.size)
 
 
 def fits(shape: Sequence[int], into: Sequence[int]) -> bool:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .. import _series
-from .._algebra import UnaryRule
+from .._algebra import Multivariate, UnaryRule
 from ._common import lift, rank_of
 from ._products import _mul
 from ._spec import Context, Jet, Rule, RuleSpec, decompose, register, rule
@@ -47,6 +47,14 @@ def _unary(series_rule: UnaryRule) -> Rule:
     ) -> object:
         a = args[0]
         assert isinstance(a, Jet)
+        if isinstance(ctx.algebra, Multivariate):  # held split: see Multivariate.unary_parts
+            if a.split is not None:
+                head, tail = a.split
+            else:
+                first, tail = torch.split(a.c, [1, a.size - 1])
+                head = first.squeeze(0)
+            parts = ctx.algebra.unary_parts(series_rule, head, tail, affine=a.affine)
+            return Jet(split=parts, size=a.size)
         if a.split is not None:
             head, tail = a.split
             return Jet(
