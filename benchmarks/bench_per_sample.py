@@ -6,8 +6,14 @@ Compared: the torch.func recipe ``vmap(grad(functional_call))``, ``hodfunc.per_s
 (fresh result, and ``out=`` reusing the previous one), ``hodfunc.per_sample_grad_norms``,
 ``hodfunc.clipped_grad_sum``, and Opacus (``GradSampleModule`` hooks) and BackPACK
 (``BatchGrad``) when they are installed. Models: an MLP 784-512-256-10, a small CNN on 28x28
-(two conv layers and a linear), the CNN of Opacus's MNIST example and a small transformer
-encoder, at batch 32 and 128. Every method is checked against the recipe before it is timed.
+(two conv layers and a linear), the CNN of Opacus's MNIST example, a small transformer
+encoder and a decoder layer (sequence lengths 32 and 256), at batch 32 and 128. Every method is
+checked against the recipe before it is timed.
+
+``--attribution`` answers the data-attribution question: ``per_sample_grad_projections`` (each
+kind) against materialize-then-project with the same matrices (given, and generated per call),
+and ``per_sample_grad_dots`` against materialize-then-multiply, in time and peak memory, for the
+MLP, the CNN and the encoder at batch 128. Captum's TracInCPFast is timed when installed.
 
 Two more questions are answered in subprocesses, so that they cannot disturb the timings:
 peak memory of ``per_sample_grads`` with ``chunk_size`` (growth of ``ru_maxrss``), and the
@@ -31,6 +37,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import torch
 from _common import median_seconds, table, write_json
@@ -40,7 +47,8 @@ from torch.func import functional_call, grad, vmap
 import hodfunc
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
-MODELS = ("mlp", "cnn", "cnn_opacus", "transformer")
+MODELS = ("mlp", "cnn", "cnn_opacus", "transformer", "decoder")
+SEQUENCE_MODELS = ("transformer_s256", "decoder_s256")  # only when asked for (--models)
 Case = tuple[nn.Module, LossFn, Tensor, Tensor]
 
 
@@ -80,15 +88,37 @@ def make_case(name: str, batch: int) -> Case:
             nn.Linear(32, 10),
         )
         return model, loss, torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
-    if name == "transformer":
-        model = TinyEncoder()
+    if name.startswith(("transformer", "decoder")):
+        seq = 256 if name.endswith("_s256") else 32
+        model = TinyEncoder() if name.startswith("transformer") else TinyDecoder(seq)
+        width = seq if name.startswith("transformer") else 2 * seq
         return (
             model.eval(),
             loss,
-            torch.randint(0, 1000, (batch, 32)),
+            torch.randint(0, 1000, (batch, width)),
             torch.randint(0, 10, (batch,)),
         )
     raise ValueError(name)
+
+
+class TinyDecoder(nn.Module):
+    """Embedding 1000x64, one TransformerDecoderLayer (4 heads, width 128, causal self-attention,
+    cross-attention to the embedded source), mean-pool, Linear; tokens are target then source."""
+
+    def __init__(self, seq: int) -> None:
+        super().__init__()
+        self.seq = seq
+        self.embed = nn.Embedding(1000, 64)
+        self.layer = nn.TransformerDecoderLayer(64, 4, 128, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(64, 10)
+        self.register_buffer("mask", torch.ones(seq, seq, dtype=torch.bool).triu(1))
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        tgt, src = self.embed(tokens[:, : self.seq]), self.embed(tokens[:, self.seq :])
+        mask: Tensor = self.mask  # type: ignore[assignment]
+        h: Tensor = self.layer(tgt, src, tgt_mask=mask, tgt_is_causal=True)
+        out: Tensor = self.head(h.mean(1))
+        return out
 
 
 class TinyEncoder(nn.Module):
@@ -159,7 +189,7 @@ def backpack_grads(case: Case) -> Callable[[], dict[str, Tensor]] | None:
     bp = importlib.import_module("backpack")  # untyped: imported dynamically
     extensions = importlib.import_module("backpack.extensions")
     model, _, x, y = case
-    if isinstance(model, TinyEncoder):
+    if isinstance(model, (TinyEncoder, TinyDecoder)):
         return None  # BackPACK has no extension for attention
     private: nn.Module = bp.extend(copy.deepcopy(model))
     lossfunc: nn.Module = bp.extend(nn.CrossEntropyLoss(reduction="sum"))
@@ -295,6 +325,161 @@ def allocator_child(name: str, batch: int, tune: bool, repeats: int) -> None:
     )
 
 
+ATTRIBUTION_MODELS = ("mlp", "cnn", "transformer")
+ProjectionKind = Literal["gaussian", "rademacher", "kronecker"]
+KINDS: tuple[ProjectionKind, ...] = ("kronecker", "rademacher", "gaussian")
+
+
+def _second_batch(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Another batch of the same size for the dot products (the samples paired differently)."""
+    return x.roll(1, 0), y.roll(1, 0)
+
+
+def attribution_methods(
+    name: str, batch: int, dim: int
+) -> tuple[dict[str, Callable[[], object]], dict[str, bool]]:
+    """The attribution methods of one model, each checked against its baseline first."""
+    model, loss_fn, x, y = make_case(name, batch)
+    x2, y2 = _second_batch(x, y)
+    shapes = {k: tuple(p.shape) for k, p in model.named_parameters()}
+    mats = {
+        kind: {k: hodfunc.projection_matrix(k, s, dim=dim, kind=kind) for k, s in shapes.items()}
+        for kind in KINDS
+    }
+    buf_a = hodfunc.per_sample_grads(model, loss_fn, x, y)
+    buf_b = hodfunc.per_sample_grads(model, loss_fn, x2, y2)
+
+    def materialize() -> dict[str, Tensor]:
+        return hodfunc.per_sample_grads(model, loss_fn, x, y, out=buf_a)
+
+    def then_project(kind: ProjectionKind, generate: bool) -> Callable[[], Tensor]:
+        def run() -> Tensor:
+            g = materialize()
+            total = torch.zeros(batch, dim)
+            for k, t in g.items():
+                r = (
+                    hodfunc.projection_matrix(k, shapes[k], dim=dim, kind=kind)
+                    if generate
+                    else mats[kind][k]
+                )
+                total += t.reshape(batch, -1) @ r.T
+            return total
+
+        return run
+
+    def then_multiply() -> Tensor:
+        ga = materialize()
+        gb = hodfunc.per_sample_grads(model, loss_fn, x2, y2, out=buf_b)
+        return sum(
+            (ga[k].reshape(batch, -1) @ gb[k].reshape(batch, -1).T for k in ga),
+            start=torch.zeros(batch, batch),
+        )
+
+    def project(kind: ProjectionKind) -> Callable[[], Tensor]:
+        return lambda: hodfunc.per_sample_grad_projections(model, loss_fn, x, y, dim=dim, kind=kind)
+
+    methods: dict[str, Callable[[], object]] = {"materialize": materialize}
+    checks: dict[str, bool] = {}
+    for kind in KINDS:
+        want = then_project(kind, False)()
+        got = project(kind)()
+        checks[kind] = bool((got - want).abs().max() <= 1e-5 * want.abs().max())
+        methods[f"materialize+project {kind} (R given)"] = then_project(kind, False)
+        methods[f"materialize+project {kind} (R drawn)"] = then_project(kind, True)
+        methods[f"project {kind}"] = project(kind)
+    want = then_multiply()
+    got = hodfunc.per_sample_grad_dots(model, loss_fn, (x, y), (x2, y2))
+    checks["dots"] = bool((got - want).abs().max() <= 1e-5 * want.abs().max())
+    methods["materialize+multiply"] = then_multiply
+    methods["dots"] = lambda: hodfunc.per_sample_grad_dots(model, loss_fn, (x, y), (x2, y2))
+    return methods, checks
+
+
+def attribution_case(name: str, batch: int, dim: int, repeats: int) -> dict[str, object]:
+    """Time the attribution methods of one model (interleaved rounds, medians in ms)."""
+    methods, checks = attribution_methods(name, batch, dim)
+    if not all(checks.values()):
+        raise AssertionError(f"{name}: projections or dots disagree with the baseline: {checks}")
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    for _ in range(repeats):
+        for k, fn in methods.items():
+            times[k].append(median_seconds(fn, repeats=1, warmup=1))
+    skipped = {}
+    if importlib.util.find_spec("captum") is None:
+        skipped["captum TracInCPFast"] = "captum is not installed"
+    return {
+        "model": name,
+        "batch": batch,
+        "dim": dim,
+        "ms": {k: statistics.median(v) * 1e3 for k, v in times.items()},
+        "checks": checks,
+        "skipped": skipped,
+    }
+
+
+def attribution_memory_child(name: str, batch: int, dim: int, method: str) -> None:
+    """In a fresh process: peak RSS growth of one attribution method (printed as JSON)."""
+    methods, _ = attribution_methods(name, batch, dim)
+    fn = methods[method]
+    fn()  # warm up kernels and the allocator
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _rss_kib("VmRSS")
+    except OSError:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    after = _rss_kib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model = make_case(name, batch)[0]
+    psg_mb = sum(p.numel() for p in model.parameters()) * batch * 4 / 2**20
+    print(json.dumps({"peak_growth_mb": (after - before) / 1024, "per_sample_grads_mb": psg_mb}))
+
+
+def attribution_main(threads: list[str], repeats: int, dim: int) -> None:
+    """The attribution tables: time as a ratio to materialize-then-X, and peak memory."""
+    rows = []
+    memory = []
+    for name in ATTRIBUTION_MODELS:
+        rows.append(child([*threads, "--attribution-case", name, "128", str(dim), str(repeats)]))
+        for method in ("materialize", *(f"project {k}" for k in KINDS), "dots"):
+            res = child([*threads, "--attribution-memory", name, "128", str(dim), method])
+            memory.append({"model": name, "method": method, **res})
+        print(f"done attribution {name}", file=sys.stderr)
+    print(f"\nBatch 128, dim {dim}: ms, and speed-up of hodfunc over materialize-then-X")
+    header = ["model", "psg ms"]
+    cells = []
+    for r in rows:
+        ms: dict[str, float] = r["ms"]  # type: ignore[assignment]
+        line = [str(r["model"]), f"{ms['materialize']:.1f}"]
+        for kind in KINDS:
+            given, drawn = (ms[f"materialize+project {kind} (R {w})"] for w in ("given", "drawn"))
+            mine = ms[f"project {kind}"]
+            line.append(f"{mine:.1f} ms: {given / mine:.2f}x / {drawn / mine:.2f}x")
+        line.append(f"{ms['dots']:.1f} ms: {ms['materialize+multiply'] / ms['dots']:.2f}x")
+        cells.append(line)
+    header += [f"project {k} (vs R given / R drawn)" for k in KINDS] + ["dots"]
+    print(table(header, cells))
+    print("\nPeak RSS growth (MB) of one call, and as a fraction of the per-sample gradients")
+    print(
+        table(
+            ["model", "method", "peak MB", "per-sample grads MB", "fraction"],
+            [
+                [
+                    str(m["model"]),
+                    str(m["method"]),
+                    f"{m['peak_growth_mb']:.1f}",
+                    f"{m['per_sample_grads_mb']:.1f}",
+                    f"{float(m['peak_growth_mb']) / float(m['per_sample_grads_mb']):.3f}",  # type: ignore[arg-type]
+                ]
+                for m in memory
+            ],
+        )
+    )
+    for r in rows:
+        for k, why in r["skipped"].items():  # type: ignore[attr-defined]
+            print(f"skipped {k}: {why}")
+    print(f"\nwrote {write_json('bench_per_sample_attribution', [*rows, {'memory': memory}])}")
+
+
 def child(args: list[str]) -> dict[str, object]:
     """Run this script in a subprocess with ``args`` and parse its last line as JSON."""
     out = subprocess.run(
@@ -315,6 +500,10 @@ def main() -> None:
     parser.add_argument("--case", nargs=4, metavar=("MODEL", "BATCH", "THREADS", "ROUNDS"))
     parser.add_argument("--memory-child", nargs=3, metavar=("MODEL", "BATCH", "CHUNK"))
     parser.add_argument("--allocator-child", nargs=4, metavar=("MODEL", "BATCH", "TUNE", "REPS"))
+    parser.add_argument("--attribution", action="store_true", help="projections and dots")
+    parser.add_argument("--dim", type=int, default=256, help="projection dimension")
+    parser.add_argument("--attribution-case", nargs=4, metavar=("MODEL", "BATCH", "DIM", "REPS"))
+    parser.add_argument("--attribution-memory", nargs=4, metavar=("MODEL", "BATCH", "DIM", "WHAT"))
     args = parser.parse_args()
     torch.set_num_threads(int(args.threads.split(",")[0]))
     warnings.filterwarnings("ignore", message="Full backward hook is firing")  # Opacus
@@ -331,6 +520,18 @@ def main() -> None:
     if args.allocator_child:
         m, b, t, r = args.allocator_child
         allocator_child(m, int(b), t == "1", int(r))
+        return
+    if args.attribution_case:
+        m, b, d, r = args.attribution_case
+        print(json.dumps(attribution_case(m, int(b), int(d), int(r))))
+        return
+    if args.attribution_memory:
+        m, b, d, what = args.attribution_memory
+        attribution_memory_child(m, int(b), int(d), what)
+        return
+    if args.attribution:
+        quiet = str(min(int(t) for t in args.threads.split(",")))
+        attribution_main(["--threads", quiet], args.rounds or 3, args.dim)
         return
     repeats = args.rounds or (3 if args.quick else 7)
     batches = [128] if args.quick else [32, 128]

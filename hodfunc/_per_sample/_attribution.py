@@ -161,7 +161,7 @@ def per_sample_grad_projections(
         kind: ``"gaussian"``, ``"rademacher"`` or ``"kronecker"``.
         seed: the seed of ``hodfunc.projection_matrix``.
         chunk_size: samples per batched pass; peak memory is one batched forward and backward
-            of ``chunk_size`` samples plus transient buffers of at most 4M elements.
+            of ``chunk_size`` samples plus transient buffers of at most 1M elements.
 
     Returns:
         A tensor of shape ``(B, dim)``.
@@ -269,7 +269,7 @@ def per_sample_grad_dots(
         batch_b: ``(inputs, *targets)`` with leading size ``B_b``, or None for ``batch_a``.
         chunk_size: samples per batched pass. The layers' inputs and output gradients of both
             batches are kept (not their per-sample gradients), plus transient buffers of at most
-            4M elements; the fallback parameters' per-sample gradients of ``batch_b`` are
+            1M elements; the fallback parameters' per-sample gradients of ``batch_b`` are
             materialized.
 
     Returns:

@@ -51,7 +51,9 @@ def per_sample_grad_norms(
     """The Euclidean norm of each sample's gradient over all trainable parameters.
 
     ``result[i] = ||d loss_i / d theta||`` with ``loss_i`` as in ``hodfunc.per_sample_grads``.
-    Linear, Conv, Embedding and normalisation layers never materialise a per-sample gradient:
+    Linear, Conv, Embedding, normalisation layers and MultiheadAttention's projections (so
+    also TransformerEncoderLayer and TransformerDecoderLayer) never materialise a per-sample
+    gradient:
     on vector inputs ``||grad W_i||^2 = ||a_i||^2 ||delta_i||^2``; on sequences the Gram form
     ``sum_{t,s} (a_it . a_is)(delta_it . delta_is)`` (or a bounded transient buffer, whichever
     is cheaper). Other parameters fall back to ``vmap(grad)``, ``chunk_size`` samples at a time.

@@ -31,7 +31,7 @@ from . import _layers
 
 ProjectionKind = Literal["gaussian", "rademacher", "kronecker"]
 KINDS: tuple[ProjectionKind, ...] = ("gaussian", "rademacher", "kronecker")
-BUDGET = 1 << 22
+BUDGET = 1 << 20
 """Elements of one transient buffer (a block of ``R``, a chunk of per-sample gradients)."""
 
 
