@@ -17,6 +17,11 @@ A ratio above 1 means hodfunc is faster than the create_graph code in the same r
 jet-for-pytorch's Laplacian is timed on the Poisson case when it imports (it needs Python >= 3.12).
 
     python benchmarks/bench_pinn.py [--quick] [--threads 1,2] [--cases wave,poisson20] [--nested]
+        [--profile allen_cahn]
+
+Then, at 1 thread: a mixed against a pure second partial, a transform built inside the loss
+against one built once, and the Allen-Cahn residual written as a plain-torch jet (the same rows
+``partials`` propagates, without the interpreter): the eager floor of the algorithm.
 """
 
 from __future__ import annotations
@@ -320,12 +325,75 @@ def jet_step(jet: object, net: nn.Module, X: Tensor) -> tuple[Tensor, ...]:
     return torch.autograd.grad(loss, list(net.parameters()), materialize_grads=True)
 
 
+def allen_cahn_plain_taylor(net: nn.Sequential, X: Tensor) -> Tensor:
+    """The Allen-Cahn residual from the same multivariate jet ``partials`` propagates (rows 1, t,
+    x, xx), hand-written in plain torch for this network: the algorithm's eager floor, without
+    the interpreter, the trace cache and the checks. Not a hodfunc API."""
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    w, b = linears[0].weight, linears[0].bias
+    value = X @ w.T + b
+    first = torch.stack([w[:, 1], w[:, 0]]).unsqueeze(1)  # t, x: the same at every point
+    second: Tensor | None = None  # xx: zero while the jet is affine
+    for layer in linears[1:]:
+        y = torch.tanh(value)
+        d1 = 1 - y * y
+        d2 = -y * d1
+        curvature = d2 * first[1] ** 2
+        second = curvature if second is None else d1 * second + curvature
+        first = d1 * first
+        w, b = layer.weight, layer.bias
+        value, first, second = y @ w.T + b, first @ w.T, second @ w.T
+    assert second is not None
+    u, u_t, u_xx = value[:, 0], first[0, :, 0], 2 * second[:, 0]
+    return (u_t - EPS * u_xx + u**3 - u).unsqueeze(1)
+
+
+def time_details(repeats: int) -> dict[str, float]:
+    """The smaller questions: a mixed against a pure second partial, a transform built in the
+    loss against one built once, and the plain-torch floor of the Allen-Cahn jet."""
+    net = network(2, 1, torch.float32).requires_grad_(False)
+    X = points(CASES["allen_cahn"], POINTS, torch.float32)
+
+    def f(z: Tensor) -> Tensor:
+        out: Tensor = net(z)[0]
+        return out
+
+    terms = {"u": (), "u_t": (1,), "u_xx": (0, 0)}
+    once = vmap(hodfunc.partials(f, terms))
+    fns: dict[str, Callable[[], object]] = {
+        "partial (0, 0)": lambda: vmap(hodfunc.partial(f, wrt=(0, 0)))(X),
+        "partial (0, 1)": lambda: vmap(hodfunc.partial(f, wrt=(0, 1)))(X),
+        "partials [(0, 0)]": lambda: vmap(hodfunc.partials(f, [(0, 0)]))(X),
+        "partials [(0, 1)]": lambda: vmap(hodfunc.partials(f, [(0, 1)]))(X),
+        "built once": lambda: once(X),
+        "built in the loss": lambda: vmap(hodfunc.partials(lambda z: net(z)[0], terms))(X),
+        "cg allen_cahn": lambda: create_graph_residual(CASES["allen_cahn"], net, X),
+        "hf allen_cahn": lambda: hodfunc_residual(
+            CASES["allen_cahn"], net, dict(net.named_parameters()), X
+        ),
+        "plain-torch jet allen_cahn": lambda: allen_cahn_plain_taylor(net, X),
+    }
+    return interleaved_medians(fns, repeats=repeats)
+
+
+def profile_step(case: Case) -> str:
+    """``torch.profiler``'s top ops of one hodfunc training step (forward and backward)."""
+    net = network(case.inputs, case.outputs, torch.float32)
+    X = points(case, POINTS, torch.float32)
+    hodfunc_step(case, net, X)
+    with torch.profiler.profile(record_shapes=True) as prof:
+        hodfunc_step(case, net, X)
+    averages = prof.key_averages(group_by_input_shape=True)
+    return str(averages.table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
     parser.add_argument("--nested", action="store_true", help='also time method="nested"')
+    parser.add_argument("--profile", default="", help="print torch.profiler's table of one step")
     args = parser.parse_args()
     repeats = 5 if args.quick else 11
     names = args.cases.split(",")
@@ -370,6 +438,26 @@ def main() -> None:
     ]
     print()
     print(table(headers, lines))
+    torch.set_num_threads(1)
+    d = time_details(repeats)
+    rows.append({"details": d})
+    print()
+    print(
+        f"mixed / pure second partial: partial {d['partial (0, 1)'] / d['partial (0, 0)']:.2f}, "
+        f"partials {d['partials [(0, 1)]'] / d['partials [(0, 0)]']:.2f}"
+    )
+    print(
+        f"transform built in the loss / built once: {d['built in the loss'] / d['built once']:.2f}"
+    )
+    print(
+        "allen_cahn residual against create_graph: hodfunc "
+        f"{d['cg allen_cahn'] / d['hf allen_cahn']:.2f}x, the plain-torch jet (the algorithm's "
+        f"eager floor) {d['cg allen_cahn'] / d['plain-torch jet allen_cahn']:.2f}x"
+    )
+    if args.profile:
+        print()
+        print(f"profile of one {args.profile} training step (1 thread):")
+        print(profile_step(CASES[args.profile]))
     print(f"results: {write_json('bench_pinn', rows)}")
 
 

@@ -521,6 +521,12 @@ def check_partials(api: str, names: list[str], values: Tensor, coefficients: Ten
     with outside_functorch():
         got = physical(values)
         c = physical(coefficients)
+        # the hot path: one reduction and one host sync. tiny / c is above 1 exactly where
+        # 0 < |c| < tiny (zeros and infinities give 0); an inf or nan in ``got`` makes it nan
+        band = c.new_tensor(info.tiny)
+        small = torch.div(band, c[1:]).abs_().nan_to_num_(posinf=0.0).amax()
+        if float(small + got.sum() * 0) <= 1:
+            return
         value_finite = torch.isfinite(c[:1])
         over = ~torch.isfinite(got) & value_finite
         under = (c[1:] != 0) & (c[1:].abs() < info.tiny)

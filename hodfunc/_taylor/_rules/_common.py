@@ -70,7 +70,8 @@ def coefficientwise(a: Jet, linear: Callable[[Tensor], Tensor]) -> Jet:
     if a.split is None:
         return Jet(linear(a.c))
     head, tail = a.split
-    return Jet(split=(linear(head.unsqueeze(0))[0], linear(tail)), size=a.size)
+    # squeeze, not [0]: the backward of a select zero-fills a gradient and copies into it
+    return Jet(split=(linear(head.unsqueeze(0)).squeeze(0), linear(tail)), size=a.size)
 
 
 def affine(a: Jet, const: object) -> Jet:
