@@ -80,7 +80,7 @@ def closure(terms: tuple[Monomial, ...]) -> tuple[Monomial, ...]:
     variables in order, ...): the rows of a multivariate jet that yields the partials ``terms``.
 
     >>> closure(((2, 0), (1, 1)))
-    ((0, 0), (0, 1), (1, 0), (1, 1), (2, 0))
+    ((0, 0), (1, 0), (0, 1), (1, 1), (2, 0))
     """
     m = len(terms[0])
     found = {(0,) * m}
