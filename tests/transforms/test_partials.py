@@ -5,6 +5,7 @@ only for the rows it reads)."""
 
 from __future__ import annotations
 
+import collections
 import math
 import warnings
 from collections.abc import Callable
@@ -259,3 +260,22 @@ def test_an_overflowing_partial_warns() -> None:
     with pytest.warns(hodfunc.RangeWarning, match=r"outside float32's range.*wrt=\(0, 0, 1\)"):
         got = hodfunc.partials(f, [(0, 0, 1)])(torch.tensor([1.4, 1.0]))
     assert not torch.isfinite(got[0])
+
+
+def test_a_closure_the_cache_cannot_see_into_retraces_and_warns_once_with_the_fix() -> None:
+    window = collections.deque([2.0])  # unhashable, no attributes to walk: picks the branch
+    before = _trace.TRACES[0]
+
+    def f(z: Tensor) -> Tensor:
+        return torch.sin(window[0] * z[0]) if window[0] > 1 else torch.cos(z[0])
+
+    d = hodfunc.partials(f, [(0, 0)], method="taylor")
+    with pytest.warns(hodfunc.CacheWarning, match=r"Pass that value as an argument"):
+        (first,) = d(POINTS[0])
+    window[0] = 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per transform
+        (second,) = d(POINTS[0])
+    assert_close(first, -4.0 * torch.sin(2.0 * POINTS[0, 0]))
+    assert_close(second, -torch.cos(POINTS[0, 0]))
+    assert _trace.TRACES[0] - before == 2
