@@ -419,10 +419,19 @@ class Multivariate:
             if any(w != 1 for w in weights):
                 scale = torch.tensor(weights, dtype=squares.dtype, device=squares.device)
                 squares = squares * scale.reshape(-1, *[1] * (squares.dim() - 1))
+            inputs = (a0, delta) if higher is None else (a0, delta, higher)
+            tail = empty_series(self.size - 1, d1) if all(map(writable, inputs)) else None
+            if tail is not None:  # nothing records: write both blocks into one tail, no cat
+                first_rows, second_rows = torch.split(tail, [m, self.size - 1 - m])
+                torch.mul(d1, delta, out=first_rows)
+                torch.mul(d2, squares, out=second_rows)
+                if higher is not None:
+                    second_rows.addcmul_(d1, higher)
+                return y, tail
             second = d2 * squares
             if higher is not None:
                 second = second + d1 * higher
-            parts.append(second)
+            parts.append(second)  # a cat costs one copy forward and nothing backward
         return y, torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def unary(
