@@ -51,6 +51,9 @@ GOOD = """
     w: Tensor = hodfunc.directional_derivative(two, 1)(x, 3, x)
     u: Tensor = hodfunc.hvp(two)(x, 3, x)
     d: Tensor = hodfunc.derivative(f, 2)(torch.tensor(0.5))
+    named: dict[str, Tensor] = hodfunc.partials(f, {"u": (), "u_x": (0,)})(x)
+    terms: tuple[Tensor, ...] = hodfunc.partials(f, [(0,), (0, 0)])(x)
+    over: dict[str, Tensor] = hodfunc.batched(hodfunc.partials(f, {"u_xx": (0, 0)}))(x)
 """
 
 BAD = """
