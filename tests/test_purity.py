@@ -102,6 +102,7 @@ USES: dict[str, Use] = {
     "derivative": lambda m, i: hodfunc.derivative(_line_fn(m, i), 2)(i["t"]),
     "derivatives": lambda m, i: hodfunc.derivatives(_line_fn(m, i), 3)(i["t"]),
     "partial": lambda m, i: hodfunc.partial(_vector_fn(m), (0, 2, 2))(i["x"]),
+    "partials": lambda m, i: hodfunc.partials(_vector_fn(m), [(), (0, 1), (2, 2)])(i["x"]),
     "derivative_tensor": lambda m, i: hodfunc.derivative_tensor(_vector_fn(m), 2)(i["x"]),
     "directional_derivative": lambda m, i: hodfunc.directional_derivative(_vector_fn(m), 2)(
         i["x"], i["d"]
