@@ -52,7 +52,10 @@ def _found(obj: object, depth: int, seen: set[int]) -> str | None:
             except ValueError:  # an empty cell
                 continue
         inner += [(n, obj.__globals__[n]) for n in obj.__code__.co_names if n in obj.__globals__]
-    wrapped = getattr(obj, "__wrapped__", None)
+    try:
+        wrapped = getattr(obj, "__wrapped__", None)
+    except Exception:  # an object whose attribute access itself fails: nothing to follow
+        wrapped = None
     if wrapped is not None:
         inner.append(("__wrapped__", wrapped))
     for name, value in inner:

@@ -2,7 +2,8 @@
 
 Each rank is a fresh ``spawn`` process with one thread, joined to a gloo group through a
 ``FileStore`` in a temporary folder (no port to race for), with a collective timeout; it always
-destroys its process group, saves its results with ``torch.save`` and exits. The parent waits
+destroys its process group (after a barrier, so no rank tears down while another is still in a
+collective), saves its results with ``torch.save`` and exits. The parent waits
 at most ``timeout`` seconds, kills what is left, and fails with every rank's traceback.
 """
 
@@ -39,12 +40,16 @@ def _child(worker: Worker, rank: int, world: int, folder: str) -> None:
         )
         try:
             results = worker(rank, world)
+            dist.barrier()  # no rank tears down while another is still in a collective
         finally:
             dist.destroy_process_group()
         torch.save(results, out / f"rank{rank}.pt")
     except BaseException:
         (out / f"rank{rank}.err").write_text(traceback.format_exc())
         raise SystemExit(1) from None
+    # done, group destroyed, results on disk: leave without interpreter finalisation, where a
+    # gloo rank was seen to abort ("terminate called without an active exception")
+    os._exit(0)
 
 
 def run_ranks(worker: Worker, world: int, folder: Path, timeout: float = 120) -> list[Results]:

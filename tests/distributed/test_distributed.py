@@ -7,6 +7,7 @@ for the clipped sum and for the weights after training. 3 ranks split nothing ev
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,10 +16,13 @@ from typing import cast
 import pytest
 import torch
 from helpers import assert_close
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import Tensor
 
 import hodfunc
 import hodfunc.distributed as hd
+from hodfunc._distributed._batched import shard_bounds
 
 from . import _workers as w
 from ._launch import Results, run_ranks
@@ -258,3 +262,23 @@ def test_noise_needs_a_generator() -> None:
         hd.clipped_grad_sum(model, w.dp_loss, x, y, max_norm=1.0, noise_multiplier=1.0)
     with pytest.raises(hodfunc.ArgumentError, match="noise_multiplier must be a finite number"):
         hd.clipped_grad_sum(model, w.dp_loss, x, y, max_norm=1.0, noise_multiplier=-1.0)
+
+
+@given(
+    total=st.integers(0, 10_000),
+    chunk=st.one_of(st.none(), st.integers(1, 3000)),
+    world=st.integers(1, 9),
+)
+def test_the_split_is_contiguous_on_the_chunk_grid_and_balanced(
+    total: int, chunk: int | None, world: int
+) -> None:
+    bounds = shard_bounds(total, chunk, world)
+    assert len(bounds) == world
+    assert bounds[0][0] == 0
+    assert bounds[-1][1] == total
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
+    unit = chunk or 1
+    assert all(start % unit == 0 or start == total for start, _ in bounds)
+    units = [-(-(stop - start) // unit) for start, stop in bounds]
+    assert max(units) - min(units) <= 1
+    assert units == sorted(units, reverse=True)  # the first ranks take the extra chunks
