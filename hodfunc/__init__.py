@@ -46,6 +46,11 @@ if TYPE_CHECKING:
     from ._transforms._jacobian import hvp as hvp
     from ._transforms._jacobian import jacobian as jacobian
     from ._transforms._method import Method as Method
+    from ._transforms._operators import Distribution as Distribution
+    from ._transforms._operators import Estimator as Estimator
+    from ._transforms._operators import bilaplacian as bilaplacian
+    from ._transforms._operators import differential_operator as differential_operator
+    from ._transforms._operators import divergence as divergence
 
 _LAZY = {
     "tune_cpu_allocator": "._allocator",
@@ -58,6 +63,11 @@ _LAZY = {
     "partial": "._transforms._derivative",
     "partials": "._transforms._derivative",
     "Method": "._transforms._method",
+    "Distribution": "._transforms._operators",
+    "Estimator": "._transforms._operators",
+    "bilaplacian": "._transforms._operators",
+    "differential_operator": "._transforms._operators",
+    "divergence": "._transforms._operators",
     "ArgumentError": "._errors",
     "ArgumentTypeError": "._errors",
     "BatchWarning": "._errors",
@@ -104,6 +114,8 @@ __all__ = [
     "BatchWarning",
     "CacheWarning",
     "CompileError",
+    "Distribution",
+    "Estimator",
     "FallbackWarning",
     "HodfuncError",
     "HodfuncWarning",
@@ -116,12 +128,15 @@ __all__ = [
     "ShapeError",
     "UnsupportedOperationError",
     "batched",
+    "bilaplacian",
     "clear_cache",
     "clipped_grad_sum",
     "derivative",
     "derivative_tensor",
     "derivatives",
+    "differential_operator",
     "directional_derivative",
+    "divergence",
     "hessian",
     "hvp",
     "jacobian",

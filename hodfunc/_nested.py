@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.func import jacrev, jvp, vmap
+from torch.func import jacfwd, jacrev, jvp, vmap
 
 from ._call import Call
 from ._errors import ArgumentError, message
@@ -159,6 +159,33 @@ class NestedEngine:
                 return jet_fn(at, e, 2)(x)[2]
 
             return vmap(second)(basis(x)).sum(0)
+
+    def collapsed(
+        self, call: Call, directions: Tensor, form: Tensor | None, *, first: bool
+    ) -> Tensor:
+        """``[f, sum_kl G_kl d^2 f[v_k, v_l], d f[v_1], ..., d f[v_n]]`` from the Hessian and
+        gradient of ``t -> f(x + sum_k t_k v_k)`` at ``t = 0`` (forward over reverse)."""
+        x = call.x
+        n = directions.shape[0]
+        with FORWARD_AD, guard(call.api) as watch:
+            at = _watched(call, watch)
+
+            def along(t: Tensor) -> Tensor:
+                return at(x + torch.tensordot(t, directions.to(x.dtype), dims=1))
+
+            t0 = torch.zeros(n, dtype=x.dtype, device=x.device)
+            value = along(t0)
+            hess = jacfwd(jacrev(along))(t0)  # out_shape + (n, n)
+            if form is None:
+                second = hess.diagonal(dim1=-2, dim2=-1).sum(-1)
+            elif form.dim() == 1:
+                second = (hess.diagonal(dim1=-2, dim2=-1) * form.to(hess.dtype)).sum(-1)
+            else:
+                second = (hess * form.to(hess.dtype)).sum((-2, -1))
+            parts = [value.unsqueeze(0), second.unsqueeze(0)]
+            if first:
+                parts.append(jacrev(along)(t0).movedim(-1, 0))
+            return torch.cat(parts)
 
 
 def _watched(call: Call, watch: Guard) -> Fn:

@@ -54,6 +54,7 @@ from . import _range
 from ._algebra import Collapsed, Multivariate, Univariate
 from ._interpret import run
 from ._mixed import interpolation
+from ._operators import Quadratic
 from ._reach import Opaque, Reach
 from ._rules import Context, Jet, has_rule
 from ._trace import SHARED, Bound, reach_of
@@ -439,6 +440,24 @@ class TaylorEngine(Opaque):
         self._warn(call.api, ctx, 2)
         return 2 * coefficients[1]
 
+    def collapsed(
+        self, call: Call, directions: Tensor, form: Tensor | None, *, first: bool
+    ) -> Tensor:
+        """One collapsed propagation over ``directions`` (``(n, *x.shape)``) in the algebra
+        ``Quadratic(n, form)``: ``[f, sum_kl G_kl d^2 f[v_k, v_l], d f[v_1], ..., d f[v_n]]``
+        (the first orders only if ``first``). Per point, like ``laplacian``."""
+        _not_compiling(call.api)
+        bound = self._bind(call)
+        n = directions.shape[0]
+        ctx = Context(Quadratic(n, form), call.api)
+        tail = torch.cat([torch.zeros_like(directions[:1]), directions.to(call.x.dtype)])
+        out = run(bound.program, bound.inputs, _seed(call.x, tail, ctx), ctx, first_orders=first)
+        coefficients = _coefficients_of(call, out, ctx)
+        self._warn(call.api, ctx, 2)
+        value, second, rest = torch.split(coefficients, [1, 1, coefficients.shape[0] - 2])
+        parts = [value, 2 * second, rest] if first else [value, 2 * second]
+        return torch.cat(parts)
+
 
 class AutoEngine(Opaque):
     """Taylor mode where every op has a rule; otherwise nested torch.func, with one warning
@@ -528,5 +547,23 @@ class AutoEngine(Opaque):
             if not self._fallback:
                 raise
             result = self._nested.laplacian(call)
+            self._warn(call, error)
+            return result
+
+    def collapsed(
+        self, call: Call, directions: Tensor, form: Tensor | None, *, first: bool
+    ) -> Tensor:
+        _not_compiling(call.api)
+        return _eager(AutoEngine._collapsed)(self, call, directions, form, first)
+
+    def _collapsed(
+        self, call: Call, directions: Tensor, form: Tensor | None, first: bool
+    ) -> Tensor:
+        try:
+            return self._taylor.collapsed(call, directions, form, first=first)
+        except UnsupportedOperationError as error:
+            if not self._fallback:
+                raise
+            result = self._nested.collapsed(call, directions, form, first=first)
             self._warn(call, error)
             return result

@@ -32,6 +32,12 @@ from .._validate import (
 )
 from ._engines import resolve
 from ._method import Method
+from ._operators import (
+    Distribution,
+    Estimator,
+    check_laplacian_options,
+    weighted_laplacian,
+)
 
 P = ParamSpec("P")
 K = TypeVar("K", bound=str)
@@ -324,28 +330,85 @@ def directional_derivative(
 
 
 def laplacian(
-    f: Callable[P, Tensor], *, argnums: int = 0, method: Method = "auto"
+    f: Callable[P, Tensor],
+    *,
+    weights: Tensor | None = None,
+    factor: bool = False,
+    signs: Tensor | None = None,
+    estimator: Estimator = "exact",
+    samples: int | None = None,
+    distribution: Distribution = "rademacher",
+    generator: torch.Generator | None = None,
+    argnums: int = 0,
+    method: Method = "auto",
 ) -> Callable[P, Tensor]:
-    """The Laplacian ``sum_i d^2 f / dx_i^2`` over every coordinate of the argument.
+    """The Laplacian ``sum_i d^2 f / dx_i^2``, or the weighted Laplacian ``tr(C Hess f)``, over
+    every coordinate of the argument (flat indices, ``d = x.numel()``).
 
-    ``f`` may return any shape; the Laplacian is taken elementwise and has that shape.
+    ``f`` may return any shape; the operator is taken elementwise (every output component in the
+    same propagation) and has that shape. All forms run in collapsed Taylor mode (the forward
+    Laplacian): one propagation carrying the value, the summed second order and one first order
+    per direction.
+
+    - ``weights=None``: ``C = I``, ``d`` directions.
+    - ``weights=C`` of shape ``(d, d)`` (``factor=False``, the default): any ``C``, symmetric or
+      not (``tr(C H) = tr(sym(C) H)``), definite or not, exactly: the ``d`` unit directions with
+      the form ``sym(C)`` in the second order (``sum_kl C_kl d^2 f[e_k, e_l]``, one ``d x d``
+      contraction per nonlinear op), differentiable in ``C``.
+    - ``weights=S`` of shape ``(d, r)`` with ``factor=True``: ``C = S S^T``, propagating the
+      ``r`` columns of ``S`` instead of ``d`` directions. ``signs`` (shape ``(r,)``) makes it
+      ``C = S diag(signs) S^T``: an indefinite ``C`` of low rank, still ``r`` directions (the
+      signed sum of their second orders). The keyword, not the shape, tells ``C`` from ``S``:
+      a square ``S`` is a factor only with ``factor=True``.
+
+    ``estimator`` (``samples`` per call; ``generator`` a ``torch.Generator`` for reproducible
+    draws, shared by every point of a ``vmap``):
+
+    - ``"hutchinson"``: ``(1/s) sum_k v_k^T H v_k`` over ``s`` random ``v = S z`` (``z`` of
+      ``distribution`` ``"rademacher"`` or ``"normal"``, ``E[z z^T] = I``); for a full ``C``,
+      ``(C z)^T H z`` by polarization (``2 s`` signed directions). Unbiased; the variance per
+      sample of ``z^T A z`` is ``2 (|A|_F^2 - sum_i A_ii^2)`` (Rademacher) or ``2 |A|_F^2``
+      (normal) for ``A = S^T H S``.
+    - ``"stde"``: sparse STDE. ``s`` distinct coordinates ``J`` drawn uniformly: ``(d/s) sum_J
+      d_j^2 f`` (``weights=None``), the columns of ``S`` likewise, or for a full ``C`` the block
+      ``C_JJ`` with its diagonal scaled by ``d/s`` and its off-diagonal by ``d (d-1) / (s (s-1))``
+      (``samples >= 2``). Unbiased, ``s`` unit directions: for very high ``d``.
+
+    Raises:
+        ShapeError: ``weights`` of the wrong shape for ``x`` (at call time) or ``signs`` of the
+            wrong length.
+        ArgumentError: a bad estimator, ``samples`` (an int >= 1, and only with a random
+            estimator), distribution or ``method``.
 
     Example:
         >>> import torch, hodfunc
         >>> lap = hodfunc.laplacian(lambda x: (x**2).sum() + x[0] * x[1])
         >>> lap(torch.tensor([1.0, 2.0, 3.0]))
         tensor(6.)
+        >>> C = torch.tensor([[1.0, 0.5, 0.0], [0.5, 2.0, 0.0], [0.0, 0.0, -1.0]])
+        >>> hodfunc.laplacian(lambda x: (x**2).sum() + x[0] * x[1], weights=C)(torch.ones(3))
+        tensor(5.)
+        >>> S = torch.tensor([[1.0], [1.0], [0.0]])  # C = S S^T, one direction
+        >>> hodfunc.laplacian(lambda x: x[0] * x[1], weights=S, factor=True)(torch.ones(3))
+        tensor(2.)
     """
     api = "hodfunc.laplacian"
     check_callable(api, f)
     check_argnums(api, argnums)
     engine = resolve(api, method)
+    samples = check_laplacian_options(
+        api, weights, factor, signs, estimator, samples, distribution, generator
+    )
 
     @functools.wraps(f)
     def wrapped(*args: P.args, **kwargs: P.kwargs) -> Tensor:
         call = Call.bind(api, f, args, kwargs, argnums)
         warn_precision(api, call.x, 2)
-        return engine.laplacian(call)
+        if weights is None and estimator == "exact":
+            return engine.laplacian(call)
+        return weighted_laplacian(
+            engine, call, weights, factor, signs, estimator, samples, distribution, generator
+        )
 
     return wrapped
 

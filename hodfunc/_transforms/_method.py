@@ -49,3 +49,11 @@ class Engine(Protocol):
     def laplacian(self, call: Call) -> Tensor:
         """``sum_i d^2 f / dx_i^2`` over every coordinate of ``x``."""
         ...
+
+    def collapsed(
+        self, call: Call, directions: Tensor, form: Tensor | None, *, first: bool
+    ) -> Tensor:
+        """One propagation over ``directions`` (``(n, *x.shape)``): the value, then
+        ``sum_kl G_kl d^2 f[v_k, v_l]`` (``G``: ``form``, the identity for ``None``, a diagonal
+        for a vector), then (``first``) the first orders ``d f[v_k]``, stacked on dim 0."""
+        ...
