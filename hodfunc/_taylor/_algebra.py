@@ -26,7 +26,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .._functorch import may_record, tracing, writable
+from .._functorch import may_record, tracing, transformed, writable
 from . import _series
 from ._memory import compact, empty_series
 from ._mixed import Monomial, closure, power_pairs, product_pairs
@@ -268,43 +268,68 @@ class Collapsed:
         return self.product(torch.mul, a, self.unary(_series.reciprocal, b), batched=True)
 
 
-_Table = tuple[Tensor, Tensor, Tensor, Tensor | None]
-_TABLES: dict[tuple[object, ...], _Table] = {}
+_Group = tuple[Tensor | slice, Tensor | slice, Tensor, float]
+"""Pairs of one weight: the rows to take of each factor (a slice where they run in order), the
+output row of each pair, the weight."""
+_TABLES: dict[tuple[object, ...], tuple[_Group, ...]] = {}
 
 
-def _pair_table(entries: tuple[tuple[int, int, int, int], ...], like: Tensor) -> _Table:
-    """``(ia, ib, k, w)`` of a table of ``(i, j, k, w)`` entries, as tensors (``w`` is ``None``
-    where every weight is 1).
+def _indexer(rows: list[int], device: torch.device) -> Tensor | slice:
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        return slice(rows[0], rows[0] + len(rows))  # a view, not a gather
+    return torch.tensor(rows, device=device)
 
-    Cached per device and dtype except while a trace records (a tensor made then would be a
-    fake one, and leak into later calls)."""
-    key = (entries, like.device, like.dtype)
+
+def _pair_table(entries: tuple[tuple[int, int, int, int], ...], like: Tensor) -> tuple[_Group, ...]:
+    """The ``(i, j, k, w)`` entries of a product table grouped by weight, as tensors.
+
+    Cached per device except while a trace records (a tensor made then would be a fake one, and
+    leak into later calls)."""
+    key = (entries, like.device)
     table = _TABLES.get(key)
     if table is not None:
         return table
-    ia, ib, k, w = (list(column) for column in zip(*entries, strict=True))
-    weights = None
-    if any(v != 1 for v in w):
-        weights = torch.tensor([float(v) for v in w], dtype=like.dtype, device=like.device)
-    table = (
-        torch.tensor(ia, device=like.device),
-        torch.tensor(ib, device=like.device),
-        torch.tensor(k, device=like.device),
-        weights,
-    )
+    groups = []
+    for weight in sorted({e[3] for e in entries}):
+        chosen = [e for e in entries if e[3] == weight]
+        groups.append(
+            (
+                _indexer([e[0] for e in chosen], like.device),
+                _indexer([e[1] for e in chosen], like.device),
+                torch.tensor([e[2] for e in chosen], device=like.device),
+                float(weight),
+            )
+        )
+    table = tuple(groups)
     if not tracing():
         _TABLES[key] = table
     return table
 
 
-def _pair_sum(table: _Table, products: Tensor, size: int) -> Tensor:
-    """Row ``k`` of the result: the sum of the (weighted) products of its pairs. Summed by index,
-    not by a 0/1 matrix: an infinite product then reaches its own row only (``0 * inf`` would
-    make every row, the value too, ``nan``)."""
-    _, _, k, w = table
-    if w is not None:
-        products = products * w.reshape(-1, *[1] * (products.dim() - 1))
-    return products.new_zeros(size, *products.shape[1:]).index_add(0, k, products)
+def _pair_sum(
+    table: tuple[_Group, ...],
+    a: Tensor,
+    b: Tensor,
+    size: int,
+    op: Bilinear = torch.mul,
+    *,
+    batched: bool = True,
+) -> Tensor:
+    """Row ``k`` of the result: the weighted sum of ``op(a_i, b_j)`` over its pairs. Summed by
+    index, not by a 0/1 matrix: an infinite product then reaches its own row only (``0 * inf``
+    would make every row, the value too, ``nan``). The weight is ``index_add``'s ``alpha``, not a
+    pass of its own; the sum goes in place into new zeros where nothing traces or maps it."""
+    out: Tensor | None = None
+    for ia, ib, k, weight in table:
+        products = _pairwise(op, a[ia], b[ib], batched)
+        if out is None:
+            out = products.new_zeros(size, *products.shape[1:])
+        if tracing() or transformed(products) or transformed(out):
+            out = out.index_add(0, k, products, alpha=weight)
+        else:
+            out = out.index_add_(0, k, products, alpha=weight)
+    assert out is not None
+    return out
 
 
 def _rows(t: Tensor, columns: tuple[Tensor, ...], rows: list[int]) -> Tensor:
@@ -375,8 +400,7 @@ class Multivariate:
         acc = phi[1] * delta
         for p in range(2, self.order + 1):
             table = _pair_table(power_pairs(self.monomials, p, min(rows, self.size - 1)), a0)
-            products = delta[table[0]] * power[table[1]]
-            power = _pair_sum(table, products, self.size - self._start[p])
+            power = _pair_sum(table, delta, power, self.size - self._start[p])
             offset = self._start[p] - 1
             term = phi[p] * power
             if acc.shape[0] <= offset:  # an affine jet: nothing beyond its first orders yet
@@ -415,22 +439,28 @@ class Multivariate:
             first = compact(delta, keep=0)
             columns = first.unbind(0)
             squares = _rows(first, columns, left) * _rows(first, columns, right)
-            weights = [w for _, _, _, w in pairs]
-            if any(w != 1 for w in weights):
-                scale = torch.tensor(weights, dtype=squares.dtype, device=squares.device)
+            weights = {w for _, _, _, w in pairs}
+            weight = float(next(iter(weights))) if len(weights) == 1 else 1.0  # 2: mixed rows
+            if len(weights) > 1:  # squares and mixed products together: a weight per row
+                scale = torch.tensor(
+                    [float(w) for _, _, _, w in pairs], dtype=squares.dtype, device=squares.device
+                )
                 squares = squares * scale.reshape(-1, *[1] * (squares.dim() - 1))
             inputs = (a0, delta) if higher is None else (a0, delta, higher)
             tail = empty_series(self.size - 1, d1) if all(map(writable, inputs)) else None
             if tail is not None:  # nothing records: write both blocks into one tail, no cat
                 first_rows, second_rows = torch.split(tail, [m, self.size - 1 - m])
                 torch.mul(d1, delta, out=first_rows)
-                torch.mul(d2, squares, out=second_rows)
-                if higher is not None:
-                    second_rows.addcmul_(d1, higher)
+                if higher is None:
+                    torch.mul(d2, squares, out=second_rows)
+                    if weight != 1.0:
+                        second_rows.mul_(weight)
+                else:
+                    torch.mul(d1, higher, out=second_rows)
+                    second_rows.addcmul_(d2, squares, value=weight)
                 return y, tail
-            second = d2 * squares
-            if higher is not None:
-                second = second + d1 * higher
+            base = d1 * higher if higher is not None else d2.new_zeros(())
+            second = torch.addcmul(base, d2, squares, value=weight)  # one pass for all terms
             parts.append(second)  # a cat costs one copy forward and nothing backward
         return y, torch.cat(parts) if len(parts) > 1 else parts[0]
 
@@ -472,8 +502,7 @@ class Multivariate:
 
     def product(self, op: Bilinear, a: Tensor, b: Tensor, *, batched: bool) -> Tensor:
         table = _pair_table(product_pairs(self.monomials), a)
-        products = _pairwise(op, a[table[0]], b[table[1]], batched)
-        return _pair_sum(table, products, self.size)
+        return _pair_sum(table, a, b, self.size, op, batched=batched)
 
     def divide(self, a: Tensor, b: Tensor) -> Tensor:
         return self.product(torch.mul, a, self.unary(_series.reciprocal, b), batched=True)
