@@ -161,7 +161,12 @@ class NestedEngine:
             return vmap(second)(basis(x)).sum(0)
 
     def collapsed(
-        self, call: Call, directions: Tensor, form: Tensor | None, *, first: bool
+        self,
+        call: Call,
+        directions: Tensor,
+        form: Tensor | tuple[int, int, int] | None,
+        *,
+        first: bool,
     ) -> Tensor:
         """``[f, sum_kl G_kl d^2 f[v_k, v_l], d f[v_1], ..., d f[v_n]]`` from the Hessian and
         gradient of ``t -> f(x + sum_k t_k v_k)`` at ``t = 0`` (forward over reverse)."""
@@ -176,6 +181,9 @@ class NestedEngine:
             t0 = torch.zeros(n, dtype=x.dtype, device=x.device)
             value = along(t0)
             hess = jacfwd(jacrev(along))(t0)  # out_shape + (n, n)
+            if isinstance(form, tuple):
+                plus, minus, free = form
+                form = torch.tensor([1.0] * plus + [-1.0] * minus + [0.0] * free)
             if form is None:
                 second = hess.diagonal(dim1=-2, dim2=-1).sum(-1)
             elif form.dim() == 1:

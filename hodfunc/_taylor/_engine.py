@@ -54,7 +54,7 @@ from . import _range
 from ._algebra import Collapsed, Multivariate, Univariate
 from ._interpret import run
 from ._mixed import interpolation
-from ._operators import Quadratic
+from ._operators import Form, Quadratic
 from ._reach import Opaque, Reach
 from ._rules import Context, Jet, has_rule
 from ._trace import SHARED, Bound, reach_of
@@ -440,9 +440,7 @@ class TaylorEngine(Opaque):
         self._warn(call.api, ctx, 2)
         return 2 * coefficients[1]
 
-    def collapsed(
-        self, call: Call, directions: Tensor, form: Tensor | None, *, first: bool
-    ) -> Tensor:
+    def collapsed(self, call: Call, directions: Tensor, form: Form, *, first: bool) -> Tensor:
         """One collapsed propagation over ``directions`` (``(n, *x.shape)``) in the algebra
         ``Quadratic(n, form)``: ``[f, sum_kl G_kl d^2 f[v_k, v_l], d f[v_1], ..., d f[v_n]]``
         (the first orders only if ``first``). Per point, like ``laplacian``."""
@@ -550,15 +548,11 @@ class AutoEngine(Opaque):
             self._warn(call, error)
             return result
 
-    def collapsed(
-        self, call: Call, directions: Tensor, form: Tensor | None, *, first: bool
-    ) -> Tensor:
+    def collapsed(self, call: Call, directions: Tensor, form: Form, *, first: bool) -> Tensor:
         _not_compiling(call.api)
         return _eager(AutoEngine._collapsed)(self, call, directions, form, first)
 
-    def _collapsed(
-        self, call: Call, directions: Tensor, form: Tensor | None, first: bool
-    ) -> Tensor:
+    def _collapsed(self, call: Call, directions: Tensor, form: Form, first: bool) -> Tensor:
         try:
             return self._taylor.collapsed(call, directions, form, first=first)
         except UnsupportedOperationError as error:

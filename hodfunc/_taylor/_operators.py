@@ -8,10 +8,11 @@ over the ``n`` directions: row 1 holds ``(1/2) sum_kl G_kl d^2 f[v_k, v_l]`` ins
 
 and for a bilinear ``B``: ``B(a, b)_2 = B(a_0, b_2) + B(a_2, b_0) + sum_k B(a_1,k, (G b_1)_k)``
 (``G`` symmetric). ``form`` is ``None`` (``G = I``: the plain collapsed jet), a vector ``w``
-(``G = diag(w)``: signed or weighted directions, one multiply more than ``None``) or a symmetric
-matrix (one ``n x n`` contraction over the direction axis per nonlinear op). With ``w = 0`` for
-some directions their first orders are carried without entering the second order: a first-order
-term of an operator rides along in the same propagation.
+(``G = diag(w)``: weighted directions, one multiply more than ``None``), a symmetric matrix
+(one ``n x n`` contraction over the direction axis per nonlinear op) or counts ``(plus, minus,
+free)``: ``G = diag(+1 x plus, -1 x minus, 0 x free)``, as cheap as ``None`` (two sums of squares
+instead of one). With a zero weight, a direction's first orders are carried without entering the
+second order: a first-order term of an operator rides along in the same propagation.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from . import _series
 from ._algebra import Bilinear, Collapsed, _pairwise
 from ._memory import compact
 
-__all__ = ["Quadratic"]
+__all__ = ["Form", "Quadratic"]
+
+Form = Tensor | tuple[int, int, int] | None
+"""The quadratic form of a ``Quadratic`` jet (see the module)."""
 
 
 def _mix(form: Tensor, rows: Tensor) -> Tensor:
@@ -40,15 +44,34 @@ def _mix(form: Tensor, rows: Tensor) -> Tensor:
 class Quadratic(Collapsed):
     """Value, ``(1/2) sum_kl G_kl d^2 f[v_k, v_l]`` and the ``n`` first orders (see the module)."""
 
-    def __init__(self, n: int, form: Tensor | None) -> None:
+    def __init__(self, n: int, form: Form) -> None:
         super().__init__(n)
+        if isinstance(form, tuple) and form[1:] == (0, 0):
+            form = None  # all plus: the plain collapsed jet
         self.form = form
 
     def _squares(self, firsts: Tensor) -> Tensor:
         if self.form is None:
             return _series.sum_of_squares(firsts)
+        if isinstance(self.form, tuple):
+            plus, minus, free = self.form
+            parts = torch.split(firsts, [plus, minus, free])
+            if not plus:
+                return -_series.sum_of_squares(parts[1])
+            if not minus:
+                return _series.sum_of_squares(parts[0])
+            return _series.sum_of_squares(parts[0]) - _series.sum_of_squares(parts[1])
         rows = compact(firsts, keep=0)
         return (rows * _mix(self.form, rows)).sum(0)
+
+    def _weights(self, like: Tensor) -> Tensor:
+        """``G`` as a tensor (``diag`` for the counts)."""
+        assert self.form is not None
+        if isinstance(self.form, tuple):
+            plus, minus, free = self.form
+            signs = [1.0] * plus + [-1.0] * minus + [0.0] * free
+            return torch.tensor(signs, dtype=like.dtype, device=like.device)
+        return self.form
 
     def _unary(
         self,
@@ -80,7 +103,9 @@ class Quadratic(Collapsed):
         a0, a2, af = torch.split(a, [1, 1, n])
         b0, b2, bf = torch.split(b, [1, 1, n])
         left = torch.cat([a0, a0, a2, af, af, a0.expand(n, *a0.shape[1:])])
-        right = torch.cat([b0, b2, b0, _mix(self.form, bf), b0.expand(n, *b0.shape[1:]), bf])
+        right = torch.cat(
+            [b0, b2, b0, _mix(self._weights(bf), bf), b0.expand(n, *b0.shape[1:]), bf]
+        )
         products = _pairwise(op, left, right, batched)
         value, s1, s2, cross, f1, f2 = torch.split(products, [1, 1, 1, n, n, n])
         second = s1 + s2 + cross.sum(0, keepdim=True)

@@ -51,9 +51,15 @@ class Engine(Protocol):
         ...
 
     def collapsed(
-        self, call: Call, directions: Tensor, form: Tensor | None, *, first: bool
+        self,
+        call: Call,
+        directions: Tensor,
+        form: Tensor | tuple[int, int, int] | None,
+        *,
+        first: bool,
     ) -> Tensor:
         """One propagation over ``directions`` (``(n, *x.shape)``): the value, then
         ``sum_kl G_kl d^2 f[v_k, v_l]`` (``G``: ``form``, the identity for ``None``, a diagonal
-        for a vector), then (``first``) the first orders ``d f[v_k]``, stacked on dim 0."""
+        for a vector, ``diag(+1 x plus, -1 x minus, 0 x free)`` for counts), then (``first``)
+        the first orders ``d f[v_k]``, stacked on dim 0."""
         ...

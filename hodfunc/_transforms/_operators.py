@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .._call import Call
 from .._errors import ArgumentError, ArgumentTypeError, ShapeError, message
-from .._functorch import outside_functorch
+from .._functorch import may_record, outside_functorch, transformed
 from .._nested import basis
 from .._validate import (
     check_argnums,
@@ -295,8 +295,13 @@ def weighted_laplacian(
             return engine.laplacian(call)
         if factor:  # r directions, the columns of S
             return engine.collapsed(call, _as_directions(weights.T, x), signs, first=False)[1]
-        sym = (weights + weights.T) / 2  # d directions, the quadratic form C
-        return engine.collapsed(call, basis(x), sym.to(x.dtype), first=False)[1]
+        sym = (weights + weights.T) / 2
+        if may_record(sym) or transformed(sym):  # differentiable in C: the quadratic form
+            return engine.collapsed(call, basis(x), sym.to(x.dtype), first=False)[1]
+        directions, counts = signed_factor(sym, x)  # rank(C) signed directions
+        if not directions.shape[0]:  # C = 0
+            return engine.collapsed(call, basis(x), sym.to(x.dtype), first=False)[1]
+        return engine.collapsed(call, directions, counts, first=False)[1]
     assert samples is not None
     gen = _generator(generator)
     if estimator == "hutchinson":
@@ -338,6 +343,21 @@ def weighted_laplacian(
     rescale = torch.full((s, s), off, dtype=x.dtype, device=x.device)
     rescale.fill_diagonal_(d / s)
     return engine.collapsed(call, _units(x, index), (block * rescale).to(x.dtype), first=False)[1]
+
+
+def signed_factor(sym: Tensor, x: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
+    """Directions ``V`` and counts ``(plus, minus, 0)`` with ``sym = V+^T V+ - V-^T V-``: the
+    eigenvectors of the symmetric ``sym`` scaled by ``sqrt|lambda|``, the positive eigenvalues
+    first; eigenvalues below ``d * eps * max|lambda|`` (float64) are dropped, so a ``C`` of rank
+    ``r`` costs ``r`` directions. In float64, exact to rounding."""
+    d = sym.shape[0]
+    with outside_functorch():
+        lam, q = torch.linalg.eigh(sym.detach().to(torch.float64))
+        cut = d * torch.finfo(torch.float64).eps * float(lam.abs().max())
+        plus, minus = lam > cut, lam < -cut
+        rows = torch.cat([q[:, plus] * lam[plus].sqrt(), q[:, minus] * (-lam[minus]).sqrt()], 1)
+        directions = rows.T.to(x.dtype).reshape(rows.shape[1], *x.shape)
+    return directions, (int(plus.sum()), int(minus.sum()), 0)
 
 
 def _signed_columns(
@@ -413,6 +433,49 @@ def _scalar(c: Coefficient) -> bool:
 
 def _as_tensor(c: Coefficient, like: Tensor) -> Tensor:
     return c.to(like.dtype) if isinstance(c, Tensor) else torch.tensor(c, dtype=like.dtype)
+
+
+def _numeric_rows(engine: Engine, call: Call, terms: dict[tuple[int, ...], Coefficient]) -> Tensor:
+    """An operator of order <= 2 whose first- and second-order coefficients are numbers, in one
+    collapsed propagation as cheap as the Laplacian's: the second-order part ``tr(C H)`` as
+    ``rank(C)`` signed directions (``sqrt|c_i| e_i`` for a diagonal ``C``, scaled eigenvectors
+    otherwise) and the first-order part ``sum_i b_i d_i f`` as one more direction ``b`` whose
+    first order is read and whose second order is not summed."""
+    x = call.x
+    d = x.numel()
+    c = torch.zeros(d, d, dtype=torch.float64)
+    b = torch.zeros(d, dtype=torch.float64)
+    for wrt, value in terms.items():
+        if len(wrt) == 2:
+            c[wrt[0], wrt[1]] += float(value) / 2
+            c[wrt[1], wrt[0]] += float(value) / 2
+        elif len(wrt) == 1:
+            b[wrt[0]] += float(value)
+    with outside_functorch():
+        if bool((c == torch.diag(c.diagonal())).all()):
+            w = c.diagonal()
+            pos, neg = torch.nonzero(w > 0).flatten(), torch.nonzero(w < 0).flatten()
+            index = torch.cat([pos, neg])
+            rows = torch.zeros(index.shape[0], d, dtype=torch.float64)
+            rows[torch.arange(index.shape[0]), index] = w[index].abs().sqrt()
+            plus, minus = pos.shape[0], neg.shape[0]
+            directions = rows.to(device=x.device, dtype=x.dtype).reshape(-1, *x.shape)
+        else:
+            directions, (plus, minus, _) = signed_factor(c, x)
+        free = int(bool((b != 0).any()))
+        if free:
+            drift = b.to(device=x.device, dtype=x.dtype).reshape(1, *x.shape)
+            directions = torch.cat([directions, drift])
+    if not directions.shape[0]:  # every coefficient of order >= 1 is zero
+        directions, free = torch.zeros(1, *x.shape, dtype=x.dtype, device=x.device), 1
+    rows_out = engine.collapsed(call, directions, (plus, minus, free), first=bool(free))
+    result = rows_out[1]
+    if free:
+        result = result + rows_out[2 + plus + minus]
+    for wrt, value in terms.items():
+        if not wrt:
+            result = result + value * rows_out[0]
+    return result
 
 
 def _operator_rows(engine: Engine, call: Call, terms: dict[tuple[int, ...], Coefficient]) -> Tensor:
@@ -518,6 +581,9 @@ def differential_operator(
         if order == 0:
             return _weighted([check_output(api, call.at(call.x))], list(totals.values()))
         second = [c for w, c in totals.items() if len(w) == 2]
+        numeric = not any(isinstance(c, Tensor) for w, c in totals.items() if w)
+        if collapsed and numeric:
+            return _numeric_rows(engine, call, totals)
         if collapsed and all(_scalar(c) for c in second):
             return _operator_rows(engine, call, totals)
         values = engine.partials(call, tuple(totals))
