@@ -2,10 +2,12 @@
 
 One question: how much faster do two processes on this 2-core machine kind get through
 (1) batched evaluation of derivatives 0..8 of the scalar tanh MLP of REFERENCES.md (width 64)
-at 10^6 points, in chunks of 65536 (``--chunk-size``), and (2) a PINN training step at
+at 10^6 points, in chunks of 8192 (``--chunk-size``), and (2) a PINN training step at
 N = 8192 collocation points (residual ``Laplacian u + u_x0 + f`` with ``hodfunc.laplacian`` and
 ``hodfunc.partial`` under vmap, tanh MLP 2-64-64-64-64-1, Adam), and how much of the 2-process
-time is communication?
+time is communication? 8192 points per chunk is the fastest chunk for one process here (about
+1.5x faster than 65536, whose coefficient buffers overflow the caches; two processes at 65536
+also compete for memory bandwidth and scale worse: see benchmarks/README.md).
 
 Every process is a fresh ``spawn`` with one thread (and its own gloo group, file store); each
 warms its traces and runs the evaluation (the first training step) once untimed, so the timings
@@ -24,7 +26,7 @@ and the all-reduce alone after a barrier). Run it alone on the machine (here und
 ``flock /tmp/hodfunc-cpu.lock``):
 
     .venv/bin/python benchmarks/bench_distributed.py [--quick] [--rounds 3] [--tries 3]
-        [--dtype float32] [--chunk-size 65536]
+        [--dtype float32] [--chunk-size 8192]
 """
 
 from __future__ import annotations
@@ -280,7 +282,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--tries", type=int, default=3, help="runs per measurement at most")
-    parser.add_argument("--chunk-size", type=int, default=65536, help="points per chunk")
+    parser.add_argument("--chunk-size", type=int, default=8192, help="points per chunk")
     args = parser.parse_args()
     config: Config = {
         "points": 100_000 if args.quick else 1_000_000,
@@ -389,7 +391,7 @@ def main() -> None:
     print(f"points per rank {points}; PINN weights 1 vs 2 processes: max diff {weight_diff:.1e}")
     shares = {k: " ".join(f"{q:.2f}" for q in v) for k, v in quiet.items()}
     print(f"core share of the busiest rank per round: eval {shares['eval']}, pinn {shares['pinn']}")
-    name = "bench_distributed" + ("" if args.chunk_size == 65536 else f"_chunk{args.chunk_size}")
+    name = "bench_distributed" + ("" if args.chunk_size == 8192 else f"_chunk{args.chunk_size}")
     print(f"wrote {write_json(name, rows)}")
 
 
