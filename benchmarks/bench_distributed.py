@@ -5,8 +5,8 @@ One question: how much faster do two processes on this 2-core machine kind get t
 at 10^6 points, in chunks of 8192 (``--chunk-size``), and (2) a PINN training step at
 N = 8192 collocation points (residual ``Laplacian u + u_x0 + f`` with ``hodfunc.laplacian`` and
 ``hodfunc.partial`` under vmap, tanh MLP 2-64-64-64-64-1, Adam), and how much of the 2-process
-time is communication? 8192 points per chunk is the fastest chunk for one process here (about
-1.5x faster than 65536, whose coefficient buffers overflow the caches; two processes at 65536
+time is communication? 8192 points per chunk is the fastest chunk for one process here (1.3-1.6x
+faster than 65536, whose coefficient buffers overflow the caches; two processes at 65536
 also compete for memory bandwidth and scale worse: see benchmarks/README.md).
 
 Every process is a fresh ``spawn`` with one thread (and its own gloo group, file store); each
