@@ -290,12 +290,16 @@ def warn_per_element(
     api: str, x: Tensor, terms: Sequence[tuple[int, ...]], results: Sequence[Tensor]
 ) -> None:
     """Warn when a batch of points seems to have reached a per-point transform without ``vmap``:
-    ``x`` has a leading dimension ``N > 1``, a result has the same leading dimension and is zero
-    beyond row 0, and every index in ``terms`` falls in ``x``'s row 0. The transform then
-    differentiated with respect to entries of the first point only, and its answer for the other
-    points is zero, silently. A genuine matrix argument rarely has all three."""
-    if tracing() or transformed(x) or x.dim() == 0 or x.shape[0] <= 1:
-        return
+    ``x`` has two or more dims and a leading dimension ``N > 1``, a result has the same leading
+    dimension and is zero beyond row 0, and every index in ``terms`` falls in ``x``'s row 0. The
+    transform then differentiated with respect to entries of the first point only, and its
+    answer for the other points is zero, silently. A genuine matrix argument rarely has all
+    three; one that maps its rows independently (``A @ v`` with ``wrt`` in row 0) does, and
+    warns: silence it with ``warnings.filterwarnings("ignore", category=hodfunc.BatchWarning)``.
+    Not seen: a function that itself picks point 0 (``net(z)[0]`` on a batch returns one
+    point's value)."""
+    if tracing() or transformed(x) or x.dim() < 2 or x.shape[0] <= 1:
+        return  # a vector argument is one point: its Jacobian columns look alike
     n = x.shape[0]
     row = x.numel() // n
     if not any(terms) or any(i >= row for term in terms for i in term):

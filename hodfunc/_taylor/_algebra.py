@@ -26,11 +26,11 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .._functorch import may_record, tracing, transformed, writable
+from .._functorch import may_record, tracing, writable
 from . import _series
 from ._memory import compact, empty_series
 from ._mixed import Monomial, closure, power_pairs, product_pairs
-from ._series import Pairs, cauchy_pairs, pair_table
+from ._series import Entry, cauchy_pairs, pair_sum, pair_table
 
 __all__ = ["Algebra", "Collapsed", "Multivariate", "Univariate", "join"]
 
@@ -115,21 +115,19 @@ def _pairwise(op: Bilinear, a: Tensor, b: Tensor, batched: bool) -> Tensor:
 
 
 @functools.cache
-def _collapsed_pairs(n: int) -> Pairs:
-    """``(i, j) -> out`` of the collapsed product: value, summed second, ``n`` first orders."""
+def _collapsed_pairs(n: int) -> tuple[Entry, ...]:
+    """The terms of the collapsed product: value, summed second, ``n`` first orders."""
     first = range(2, n + 2)
     pairs = [(0, 0, 0), (1, 0, 1), (0, 1, 1)] + [(i, i, 1) for i in first]
     pairs += [(i, 0, i) for i in first] + [(0, i, i) for i in first]
-    return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs), tuple(p[2] for p in pairs)
+    return tuple((i, j, k, 1) for i, j, k in pairs)
 
 
-def _combine(
-    table: tuple[Tensor, Tensor, Tensor], op: Bilinear, a: Tensor, b: Tensor, batched: bool
+def _product(
+    entries: tuple[Entry, ...], size: int, op: Bilinear, a: Tensor, b: Tensor, batched: bool
 ) -> Tensor:
-    ia, ib, m = table
-    products = _pairwise(op, a[ia], b[ib], batched)
-    out = m @ products.reshape(products.shape[0], -1)
-    return out.reshape(m.shape[0], *products.shape[1:])
+    """The bilinear ``op`` of two jets of ``size`` rows, term by term (``_series.pair_sum``)."""
+    return pair_sum(pair_table(entries, a), a, b, size, lambda x, y: _pairwise(op, x, y, batched))
 
 
 def _scaled_rows(scale: Tensor, a: Tensor, donated: bool) -> Tensor:
@@ -180,7 +178,7 @@ class Univariate:
     def product(self, op: Bilinear, a: Tensor, b: Tensor, *, batched: bool) -> Tensor:
         if self.size == 1:
             return _pairwise(op, a, b, batched)
-        return _combine(pair_table(cauchy_pairs(self.size), self.size, a), op, a, b, batched)
+        return _product(cauchy_pairs(self.size), self.size, op, a, b, batched)
 
     def divide(self, a: Tensor, b: Tensor) -> Tensor:
         return _series.divide(a, b)
@@ -262,74 +260,10 @@ class Collapsed:
         return out
 
     def product(self, op: Bilinear, a: Tensor, b: Tensor, *, batched: bool) -> Tensor:
-        return _combine(pair_table(_collapsed_pairs(self.n), self.size, a), op, a, b, batched)
+        return _product(_collapsed_pairs(self.n), self.size, op, a, b, batched)
 
     def divide(self, a: Tensor, b: Tensor) -> Tensor:
         return self.product(torch.mul, a, self.unary(_series.reciprocal, b), batched=True)
-
-
-_Group = tuple[Tensor | slice, Tensor | slice, Tensor, float]
-"""Pairs of one weight: the rows to take of each factor (a slice where they run in order), the
-output row of each pair, the weight."""
-_TABLES: dict[tuple[object, ...], tuple[_Group, ...]] = {}
-
-
-def _indexer(rows: list[int], device: torch.device) -> Tensor | slice:
-    if rows == list(range(rows[0], rows[0] + len(rows))):
-        return slice(rows[0], rows[0] + len(rows))  # a view, not a gather
-    return torch.tensor(rows, device=device)
-
-
-def _pair_table(entries: tuple[tuple[int, int, int, int], ...], like: Tensor) -> tuple[_Group, ...]:
-    """The ``(i, j, k, w)`` entries of a product table grouped by weight, as tensors.
-
-    Cached per device except while a trace records (a tensor made then would be a fake one, and
-    leak into later calls)."""
-    key = (entries, like.device)
-    table = _TABLES.get(key)
-    if table is not None:
-        return table
-    groups = []
-    for weight in sorted({e[3] for e in entries}):
-        chosen = [e for e in entries if e[3] == weight]
-        groups.append(
-            (
-                _indexer([e[0] for e in chosen], like.device),
-                _indexer([e[1] for e in chosen], like.device),
-                torch.tensor([e[2] for e in chosen], device=like.device),
-                float(weight),
-            )
-        )
-    table = tuple(groups)
-    if not tracing():
-        _TABLES[key] = table
-    return table
-
-
-def _pair_sum(
-    table: tuple[_Group, ...],
-    a: Tensor,
-    b: Tensor,
-    size: int,
-    op: Bilinear = torch.mul,
-    *,
-    batched: bool = True,
-) -> Tensor:
-    """Row ``k`` of the result: the weighted sum of ``op(a_i, b_j)`` over its pairs. Summed by
-    index, not by a 0/1 matrix: an infinite product then reaches its own row only (``0 * inf``
-    would make every row, the value too, ``nan``). The weight is ``index_add``'s ``alpha``, not a
-    pass of its own; the sum goes in place into new zeros where nothing traces or maps it."""
-    out: Tensor | None = None
-    for ia, ib, k, weight in table:
-        products = _pairwise(op, a[ia], b[ib], batched)
-        if out is None:
-            out = products.new_zeros(size, *products.shape[1:])
-        if tracing() or transformed(products) or transformed(out):
-            out = out.index_add(0, k, products, alpha=weight)
-        else:
-            out = out.index_add_(0, k, products, alpha=weight)
-    assert out is not None
-    return out
 
 
 def _rows(t: Tensor, columns: tuple[Tensor, ...], rows: list[int]) -> Tensor:
@@ -399,8 +333,8 @@ class Multivariate:
         power = delta
         acc = phi[1] * delta
         for p in range(2, self.order + 1):
-            table = _pair_table(power_pairs(self.monomials, p, min(rows, self.size - 1)), a0)
-            power = _pair_sum(table, delta, power, self.size - self._start[p])
+            table = pair_table(power_pairs(self.monomials, p, min(rows, self.size - 1)), a0)
+            power = pair_sum(table, delta, power, self.size - self._start[p])
             offset = self._start[p] - 1
             term = phi[p] * power
             if acc.shape[0] <= offset:  # an affine jet: nothing beyond its first orders yet
@@ -501,8 +435,7 @@ class Multivariate:
         return self._compose(rule, head, tail[: self.variables] if affine else tail)
 
     def product(self, op: Bilinear, a: Tensor, b: Tensor, *, batched: bool) -> Tensor:
-        table = _pair_table(product_pairs(self.monomials), a)
-        return _pair_sum(table, a, b, self.size, op, batched=batched)
+        return _product(product_pairs(self.monomials), self.size, op, a, b, batched)
 
     def divide(self, a: Tensor, b: Tensor) -> Tensor:
         return self.product(torch.mul, a, self.unary(_series.reciprocal, b), batched=True)

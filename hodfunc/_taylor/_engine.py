@@ -379,9 +379,9 @@ class TaylorEngine(Opaque):
         variables are the coordinates they name (``Multivariate``)."""
         x = call.x
         variables = sorted({i for term in terms for i in term})
-        if not variables:
+        if not variables:  # values only: a new tensor each, as every other term is
             value = check_output(call.api, call.at(x))
-            return tuple(value for _ in terms)
+            return tuple(value.clone() for _ in terms)
         exponents = tuple(tuple(term.count(v) for v in variables) for term in terms)
         algebra = Multivariate.covering(exponents)
         ctx = Context(algebra, call.api)
@@ -393,12 +393,13 @@ class TaylorEngine(Opaque):
         scales = [math.prod(math.factorial(k) for k in e) for e in exponents]
         picked = coefficients.index_select(0, rows)  # one gather: its backward, one scatter
         read = picked[1:]
-        if any(s != 1 for s in scales):
-            factor = torch.tensor(scales, dtype=read.dtype, device=x.device)
-            read = read * factor.reshape(-1, *[1] * (read.dim() - 1))
+        if any(s != 1 for s in scales):  # a! in float64 (no overflow in float32 at order 35)
+            factor = torch.tensor(scales, dtype=torch.float64, device=x.device)
+            read = (read * factor.reshape(-1, *[1] * (read.dim() - 1))).to(read.dtype)
         names = [f"wrt={term}" for term in terms]
         _range.check_partials(call.api, names, read, picked)
-        return tuple(read.unbind(0))
+        # selects, not unbind: a caller may update one result in place (``r += ...``)
+        return tuple(read[i] for i in range(len(terms)))
 
     def partial(self, call: Call, wrt: tuple[int, ...]) -> Tensor:
         x = call.x

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .._functorch import physical_numel, physically_dense, writable
+from .._functorch import physical_numel, physically_dense, tracing, transformed, writable
 from ._memory import compact, empty_series, stack_dense
 
 __all__ = [
@@ -243,28 +243,83 @@ def pair_affine(
     return stack_dense(s), stack_dense(c)
 
 
-Pairs = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
-"""A bilinear product as index pairs ``(i, j)`` and the output ``k`` each pair adds into."""
+Entry = tuple[int, int, int, int]
+"""One term of a bilinear product of two jets: ``(i, j, k, w)``, ``w a_i b_j`` adds into row
+``k``."""
+
+Group = tuple[Tensor | slice, Tensor | slice, Tensor, float]
+"""The terms of one weight: the rows to take of each factor (a slice where they run in order),
+the output row of each term, the weight."""
+
+_TABLES: dict[tuple[object, ...], tuple[Group, ...]] = {}
 
 
 @functools.cache
-def cauchy_pairs(n: int) -> Pairs:
-    """``(i, j) -> i + j`` for every ``i + j < n``: the truncated Cauchy product."""
-    pairs = [(i, k - i) for k in range(n) for i in range(k + 1)]
-    return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs), tuple(sum(p) for p in pairs)
+def cauchy_pairs(n: int) -> tuple[Entry, ...]:
+    """``a_i b_j -> c_(i + j)`` for every ``i + j < n``: the truncated Cauchy product."""
+    return tuple((i, k - i, k, 1) for k in range(n) for i in range(k + 1))
 
 
-def pair_table(pairs: Pairs, size: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Index tensors and the 0/1 matrix summing the pair products into the ``size`` outputs.
+def _indexer(rows: list[int], device: torch.device) -> Tensor | slice:
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        return slice(rows[0], rows[0] + len(rows))  # a view, not a gather
+    return torch.tensor(rows, device=device)
 
-    Built per call, not cached: a cached tensor made while some transform or trace is active
-    (a fake tensor under ``make_fx``) would leak into later calls.
-    """
-    ia = torch.tensor(pairs[0], device=like.device)
-    ib = torch.tensor(pairs[1], device=like.device)
-    out = torch.tensor(pairs[2], device=like.device)
-    m = torch.nn.functional.one_hot(out, size).T.to(like.dtype)
-    return ia, ib, m
+
+def pair_table(entries: tuple[Entry, ...], like: Tensor) -> tuple[Group, ...]:
+    """A product's ``entries`` grouped by weight, as index tensors on ``like``'s device.
+
+    Cached per device, and neither looked up nor kept while a trace records (a cached tensor
+    would be a constant the trace cannot see; one made then is a fake one). Made outside
+    inference mode: an inference tensor cached during a
+    validation pass could never be saved for a backward later."""
+    key = (entries, like.device)
+    traced = tracing()  # a trace must make its own: a cached tensor is a constant it cannot see
+    table = None if traced else _TABLES.get(key)
+    if table is not None:
+        return table
+    groups = []
+    with torch.inference_mode(False):
+        for weight in sorted({e[3] for e in entries}):
+            chosen = [e for e in entries if e[3] == weight]
+            groups.append(
+                (
+                    _indexer([e[0] for e in chosen], like.device),
+                    _indexer([e[1] for e in chosen], like.device),
+                    torch.tensor([e[2] for e in chosen], device=like.device),
+                    float(weight),
+                )
+            )
+    table = tuple(groups)
+    if not traced:
+        _TABLES[key] = table
+    return table
+
+
+def pair_sum(
+    table: tuple[Group, ...],
+    a: Tensor,
+    b: Tensor,
+    size: int,
+    multiply: Callable[[Tensor, Tensor], Tensor] = torch.mul,
+) -> Tensor:
+    """Row ``k`` of the result: the weighted sum of ``multiply(a_i, b_j)`` over its terms.
+
+    Summed by index, not by a 0/1 matrix: an infinite term then reaches its own row only
+    (``0 * inf`` would make every row, the value too, ``nan``, and hide the overflow from the
+    range check). The weight is ``index_add``'s ``alpha``, not a pass of its own; the sum goes in
+    place into new zeros where nothing traces or maps it."""
+    out: Tensor | None = None
+    for ia, ib, k, weight in table:
+        products = multiply(a[ia], b[ib])
+        if out is None:
+            out = products.new_zeros(size, *products.shape[1:])
+        if tracing() or transformed(products) or transformed(out):
+            out = out.index_add(0, k, products, alpha=weight)
+        else:
+            out = out.index_add_(0, k, products, alpha=weight)
+    assert out is not None
+    return out
 
 
 def cauchy(a: Series, b: Series) -> Series:
@@ -273,10 +328,7 @@ def cauchy(a: Series, b: Series) -> Series:
     a, b = a[:n], b[:n]
     if n == 1:
         return a * b
-    ia, ib, m = pair_table(cauchy_pairs(n), n, a)
-    products = a[ia] * b[ib]
-    out = m @ products.reshape(products.shape[0], -1)
-    return out.reshape(n, *products.shape[1:])
+    return pair_sum(pair_table(cauchy_pairs(n), a), a, b, n)
 
 
 def _integrate(y0: Tensor, d: Series) -> Series:

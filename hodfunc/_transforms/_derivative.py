@@ -19,6 +19,7 @@ from typing_extensions import TypeVarTuple, Unpack
 
 from .._call import Call, WithDirection, append_parameter, split_direction
 from .._errors import ArgumentError, ArgumentTypeError, message
+from .._taylor._mixed import closure
 from .._validate import (
     check_argnums,
     check_callable,
@@ -191,6 +192,45 @@ def _check_terms(
     return names, tuple(check_wrt(api, v) for v in values)
 
 
+PARTIALS_MAX_ORDER = 16
+"""The highest order ``partials`` takes: its jet holds normalized coefficients without the
+radius ladder of the univariate transforms, which a derivative along one coordinate at a higher
+order needs (``derivatives``)."""
+
+PARTIALS_MAX_ROWS = 1024
+"""The most monomials one ``partials`` jet may hold (each is a row through every layer)."""
+
+
+def _check_jet_size(api: str, terms: tuple[tuple[int, ...], ...]) -> None:
+    """Refuse, when the transform is built, terms whose jet would be too high or too large."""
+    high = max(terms, key=len)
+    if len(high) > PARTIALS_MAX_ORDER:
+        raise ArgumentError(
+            message(
+                api,
+                f"partials computes orders up to {PARTIALS_MAX_ORDER} (its jet has no radius "
+                "ladder to keep higher coefficients in range)",
+                f"a term of order {len(high)}",
+                "For one high-order derivative along a coordinate use hodfunc.derivatives or "
+                "hodfunc.partial, which stay right at every order.",
+            )
+        )
+    variables = sorted({i for term in terms for i in term})
+    if not variables:
+        return
+    rows = len(closure(tuple(tuple(t.count(v) for v in variables) for t in terms)))
+    if rows > PARTIALS_MAX_ROWS:
+        raise ArgumentError(
+            message(
+                api,
+                f"one partials jet holds at most {PARTIALS_MAX_ROWS} monomials (each one a row "
+                "through every layer), and these terms need more",
+                f"{rows} monomials over {len(variables)} coordinates",
+                "Split the terms over several partials calls, or use method='nested'.",
+            )
+        )
+
+
 @overload
 def partials(
     f: Callable[P, Tensor],
@@ -249,6 +289,7 @@ def partials(
     api = "hodfunc.partials"
     check_callable(api, f)
     names, terms = _check_terms(api, wrt)
+    _check_jet_size(api, terms)
     check_argnums(api, argnums)
     engine = resolve(api, method)
     order = max(len(t) for t in terms)

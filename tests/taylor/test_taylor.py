@@ -49,6 +49,9 @@ def _sympy_derivatives(e: Expression, x: float, order: int) -> list[float]:
 def test_random_expressions_match_sympy_up_to_order_12(
     e: Expression, p: tuple[float], order: int
 ) -> None:
+    # a point like 7.7e-231 makes derivatives of x**3 underflow float64 (3 x**2 ~ 1e-460): the
+    # RangeWarning that then says so is right, and not what this test is about
+    assume(p[0] == 0.0 or abs(p[0]) > 1e-100)
     exact = _sympy_derivatives(e, p[0], order)
     assume(tame(exact, bound=1e6))
     got = hodfunc.derivatives(e, order, method="taylor")(e.at(p))

@@ -279,3 +279,59 @@ def test_a_closure_the_cache_cannot_see_into_retraces_and_warns_once_with_the_fi
     assert_close(first, -4.0 * torch.sin(2.0 * POINTS[0, 0]))
     assert_close(second, -torch.cos(POINTS[0, 0]))
     assert _trace.TRACES[0] - before == 2
+
+
+# ------------------------------------------------------------------ found in review
+
+
+def test_a_higher_row_that_overflows_leaves_the_value_and_the_others_right() -> None:
+    """Products were summed by a 0/1 matrix, so one infinite coefficient made every row ``nan``
+    (``0 * inf``), the value too, and the range check never ran."""
+    g = lambda t: torch.exp(80 * t) * torch.sin(t) * 1e-30  # noqa: E731
+    got = hodfunc.derivatives(g, order=4)(torch.tensor(1.0))
+    ref = hodfunc.derivatives(g, order=4)(torch.tensor(1.0, dtype=F64)).float()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=0)
+    f = lambda z: torch.exp(80 * z[0]) * 1e-30 * torch.sin(z[1])  # noqa: E731
+    x = torch.tensor([1.0, 1.0])
+    (value,) = hodfunc.partials(f, [()])(x)
+    assert torch.isfinite(value)
+
+
+def test_a_call_under_inference_mode_does_not_break_later_training() -> None:
+    f = lambda z: torch.tanh(z[0] * z[1])  # noqa: E731
+    x = torch.tensor([0.3, 0.7])
+    with torch.inference_mode():
+        hodfunc.partials(f, [(0, 0, 1)])(x)
+    w = torch.tensor(2.0, requires_grad=True)
+    (d,) = hodfunc.partials(lambda z: torch.tanh(w * z[0] * z[1]), [(0, 0, 1)])(x)
+    (g,) = torch.autograd.grad(d, w)
+    assert torch.isfinite(g)
+
+
+def test_orders_and_sizes_past_the_bound_are_refused_when_built() -> None:
+    with pytest.raises(hodfunc.ArgumentError, match=r"orders up to 16.*hodfunc\.derivatives"):
+        hodfunc.partials(u, [(0,) * 17])
+    with pytest.raises(hodfunc.ArgumentError, match=r"at most 1024 monomials.*Split the terms"):
+        hodfunc.partials(mlp(7, 4, 1, "tanh"), [tuple(range(7)) * 2])
+
+
+def test_results_are_tensors_of_their_own() -> None:
+    X = POINTS
+    d = vmap(hodfunc.partials(u, {"u": (), "u_t": (2,), "u_x": (0,)}))(X)
+    r = d["u_t"]
+    r += d["u"] * d["u_x"]  # in place on one result, as residual code does
+    ident = hodfunc.partials(lambda z: z, {"a": (), "b": ()})
+    x = torch.ones(3)
+    got = ident(x)
+    got["a"].add_(1)
+    assert torch.equal(x, torch.ones(3))
+    assert torch.equal(got["b"], torch.ones(3))
+
+
+def test_the_batch_warning_stays_quiet_on_one_vector_point() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hodfunc.partial(lambda z: z**2, (0,))(torch.tensor([0.5, 1.0, 2.0]))
+        hodfunc.partials(lambda z: torch.stack([torch.sin(z[0]), z[1]]), {"u_x": (0,)})(
+            torch.tensor([0.3, 0.4])
+        )

@@ -315,3 +315,22 @@ def _masked_fill(
     head = a.c[0].masked_fill(mask, value)  # type: ignore[call-overload]  # a tensor or a number
     tail = lift(a.c[1:], mask.dim()).masked_fill(mask, 0)
     return Jet(torch.cat([head.unsqueeze(0), tail]))
+
+
+@rule(RuleSpec(linear="all"), "index_add")
+def _index_add(
+    ctx: Context, op: Callable[..., object], args: tuple[object, ...], kwargs: Mapping[str, object]
+) -> object:
+    """``self.index_add(dim, index, source, alpha)``: linear in ``self`` and ``source`` together
+    (a Taylor propagation traced by another one sums its products this way)."""
+    base, d, index, source = args[0], args[1], args[2], args[3]
+    alpha = kwargs.get("alpha", 1)
+    no_jets(ctx, "index_add", [index])
+    assert isinstance(index, Tensor)
+    assert isinstance(d, int)
+    like = base if isinstance(base, Jet) else source
+    assert isinstance(like, Jet)
+    rank = max(rank_of(base), rank_of(source))
+    bc = lift(promote(ctx, base, like), rank)
+    sc = lift(promote(ctx, source, like), rank)
+    return Jet(bc.index_add(dim(d, rank), index, sc, alpha=alpha))  # type: ignore[arg-type]
