@@ -18,12 +18,13 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, ParamSpec, get_args
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .._call import Call
 from .._errors import ArgumentError, ArgumentTypeError, ShapeError, message
-from .._functorch import may_record, outside_functorch, transformed
+from .._functorch import may_record, outside_functorch, tracing, transformed
 from .._nested import basis
 from .._validate import (
     check_argnums,
@@ -296,7 +297,8 @@ def weighted_laplacian(
         if factor:  # r directions, the columns of S
             return engine.collapsed(call, _as_directions(weights.T, x), signs, first=False)[1]
         sym = (weights + weights.T) / 2
-        if may_record(sym) or transformed(sym):  # differentiable in C: the quadratic form
+        if may_record(sym) or transformed(sym) or tracing():  # the quadratic form: C may be
+            # differentiated, or (traced) its eigendecomposition would be data-dependent
             return engine.collapsed(call, basis(x), sym.to(x.dtype), first=False)[1]
         directions, counts = signed_factor(sym, x)  # rank(C) signed directions
         if not directions.shape[0]:  # C = 0
@@ -435,39 +437,67 @@ def _as_tensor(c: Coefficient, like: Tensor) -> Tensor:
     return c.to(like.dtype) if isinstance(c, Tensor) else torch.tensor(c, dtype=like.dtype)
 
 
+@functools.cache
+def _numeric_plan(
+    terms: tuple[tuple[tuple[int, ...], float], ...],
+) -> tuple[tuple[int, ...], tuple[tuple[float, ...], ...], int, int, tuple[float, ...]]:
+    """``(variables, rows, plus, minus, b)`` for numeric terms of order <= 2: ``C = sum_k
+    sigma_k r_k r_k^T`` over the named variables (``rows`` ``r_k``, the first ``plus`` with
+    ``sigma = +1``, the next ``minus`` with ``-1``; ``sqrt|c_i| e_i`` for a diagonal ``C``, the
+    scaled eigenvectors otherwise, eigenvalues below ``m * eps * max|lambda|`` dropped) and the
+    drift ``b``. Plain numbers and NumPy only: nothing here is traced or data-dependent."""
+    variables = tuple(sorted({i for wrt, _ in terms for i in wrt}))
+    where = {v: k for k, v in enumerate(variables)}
+    m = len(variables)
+    c = np.zeros((m, m))
+    b = np.zeros(m)
+    for wrt, value in terms:
+        if len(wrt) == 2:
+            c[where[wrt[0]], where[wrt[1]]] += value / 2
+            c[where[wrt[1]], where[wrt[0]]] += value / 2
+        elif len(wrt) == 1:
+            b[where[wrt[0]]] += value
+    if not np.any(c - np.diag(np.diag(c))):
+        w = np.diag(c)
+        order = [k for k in range(m) if w[k] > 0] + [k for k in range(m) if w[k] < 0]
+        rows = np.zeros((len(order), m))
+        rows[np.arange(len(order)), order] = np.sqrt(np.abs(w[order]))
+        plus = int((w > 0).sum())
+        minus = len(order) - plus
+    else:
+        lam, q = np.linalg.eigh(c)
+        cut = m * np.finfo(np.float64).eps * np.abs(lam).max()
+        pos, neg = lam > cut, lam < -cut
+        rows = np.concatenate(
+            [(q[:, pos] * np.sqrt(lam[pos])).T, (q[:, neg] * np.sqrt(-lam[neg])).T]
+        )
+        plus, minus = int(pos.sum()), int(neg.sum())
+    return (
+        variables,
+        tuple(tuple(float(v) for v in r) for r in rows),
+        plus,
+        minus,
+        tuple(float(v) for v in b),
+    )
+
+
 def _numeric_rows(engine: Engine, call: Call, terms: dict[tuple[int, ...], Coefficient]) -> Tensor:
     """An operator of order <= 2 whose first- and second-order coefficients are numbers, in one
     collapsed propagation as cheap as the Laplacian's: the second-order part ``tr(C H)`` as
-    ``rank(C)`` signed directions (``sqrt|c_i| e_i`` for a diagonal ``C``, scaled eigenvectors
-    otherwise) and the first-order part ``sum_i b_i d_i f`` as one more direction ``b`` whose
-    first order is read and whose second order is not summed."""
+    ``rank(C)`` signed directions (``_numeric_plan``) and the first-order part ``sum_i b_i d_i
+    f`` as one more direction ``b`` whose first order is read and whose second order is not
+    summed."""
     x = call.x
-    d = x.numel()
-    c = torch.zeros(d, d, dtype=torch.float64)
-    b = torch.zeros(d, dtype=torch.float64)
-    for wrt, value in terms.items():
-        if len(wrt) == 2:
-            c[wrt[0], wrt[1]] += float(value) / 2
-            c[wrt[1], wrt[0]] += float(value) / 2
-        elif len(wrt) == 1:
-            b[wrt[0]] += float(value)
-    with outside_functorch():
-        if bool((c == torch.diag(c.diagonal())).all()):
-            w = c.diagonal()
-            pos, neg = torch.nonzero(w > 0).flatten(), torch.nonzero(w < 0).flatten()
-            index = torch.cat([pos, neg])
-            rows = torch.zeros(index.shape[0], d, dtype=torch.float64)
-            rows[torch.arange(index.shape[0]), index] = w[index].abs().sqrt()
-            plus, minus = pos.shape[0], neg.shape[0]
-            directions = rows.to(device=x.device, dtype=x.dtype).reshape(-1, *x.shape)
-        else:
-            directions, (plus, minus, _) = signed_factor(c, x)
-        free = int(bool((b != 0).any()))
-        if free:
-            drift = b.to(device=x.device, dtype=x.dtype).reshape(1, *x.shape)
-            directions = torch.cat([directions, drift])
-    if not directions.shape[0]:  # every coefficient of order >= 1 is zero
-        directions, free = torch.zeros(1, *x.shape, dtype=x.dtype, device=x.device), 1
+    numbers = tuple((w, float(c)) for w, c in terms.items() if w)
+    variables, rows, plus, minus, b = _numeric_plan(numbers)
+    free = int(any(b))
+    seeds = [*rows, b] if free else list(rows)
+    if not seeds:  # every coefficient of order >= 1 is zero
+        seeds, free = [b], 1
+    small = torch.tensor(seeds, dtype=x.dtype, device=x.device)
+    index = torch.tensor(variables, device=x.device)
+    dense = small.new_zeros(small.shape[0], x.numel()).index_copy(1, index, small)
+    directions = dense.reshape(small.shape[0], *x.shape)
     rows_out = engine.collapsed(call, directions, (plus, minus, free), first=bool(free))
     result = rows_out[1]
     if free:

@@ -131,6 +131,25 @@ def test_weighted_laplacian_composes_with_vmap_batched_and_grad() -> None:
         assert_close(got[name], ref[name])
 
 
+def test_operators_compose_with_partials_and_batched() -> None:
+    C = symmetric_indefinite(D, 31)
+    g = lambda x: f(x)[0]  # noqa: E731
+    taylor = hodfunc.partial(hodfunc.laplacian(g, weights=C), (0,))
+    nested = hodfunc.partial(
+        hodfunc.laplacian(g, weights=C, method="nested"), (0,), method="nested"
+    )
+    assert_close(vmap(taylor)(POINTS), vmap(nested)(POINTS))
+    op = hodfunc.differential_operator(f, SECOND)
+    assert_close(hodfunc.batched(op, chunk_size=4)(POINTS), vmap(nested_sum(f, SECOND))(POINTS))
+    d_lap = hodfunc.partials(hodfunc.laplacian(g), {"lap": (), "lap_x": (1,)})
+    got = vmap(d_lap)(POINTS)
+    assert_close(got["lap"], vmap(hodfunc.laplacian(g, method="nested"))(POINTS))
+    assert_close(
+        got["lap_x"],
+        vmap(hodfunc.partial(hodfunc.laplacian(g, method="nested"), (1,), method="nested"))(POINTS),
+    )
+
+
 @pytest.mark.filterwarnings("ignore::hodfunc.RangeWarning")
 @settings(max_examples=8)
 @given(e=expressions(max_depth=3, n_vars=3), p=points(3))
