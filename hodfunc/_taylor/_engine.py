@@ -30,6 +30,7 @@ from torch.utils import _pytree as pytree
 
 from .._call import Call
 from .._errors import (
+    ArgumentTypeError,
     CacheWarning,
     CompileError,
     FallbackWarning,
@@ -231,7 +232,20 @@ class TaylorEngine(Opaque):
         self._warned_uncacheable = False
         self._whole_batch_works = True
 
-    def _warn_uncacheable(self, api: str, reached: Reach) -> None:
+    def _check_reach(self, api: str, reached: Reach) -> None:
+        if reached.ddp:
+            raise ArgumentTypeError(
+                message(
+                    api,
+                    "a DistributedDataParallel module cannot run inside a transform (its forward "
+                    "prepares the gradient all-reduce on real tensors, and a cached trace would "
+                    "skip it, leaving the gradients silently not all-reduced)",
+                    f"a function that calls a {reached.ddp}",
+                    "Call the plain network (ddp.module) inside the transform, and wrap the "
+                    "module whose forward computes the residual in DistributedDataParallel, or "
+                    "sum the gradients with hodfunc.distributed.all_reduce_grads(model).",
+                )
+            )
         if not reached.uncacheable or self._warned_uncacheable:
             return
         self._warned_uncacheable = True
@@ -252,7 +266,7 @@ class TaylorEngine(Opaque):
     def _bind(self, call: Call) -> Bound:
         _not_compiling(call.api)
         reached = reach_of(call.fn, call.args, call.kwargs)
-        self._warn_uncacheable(call.api, reached)
+        self._check_reach(call.api, reached)
         bound = SHARED.bind(call.api, call.fn, call.args, call.kwargs, call.argnum, reached=reached)
         program = bound.program
         if program.random_ops:
@@ -318,7 +332,7 @@ class TaylorEngine(Opaque):
             return None
         points, tail, level, reached = whole
         args = (*call.args[: call.argnum], points, *call.args[call.argnum + 1 :])
-        self._warn_uncacheable(call.api, reached)
+        self._check_reach(call.api, reached)
         try:
             bound = SHARED.bind(
                 call.api, call.fn, args, call.kwargs, call.argnum, batched=True, reached=reached

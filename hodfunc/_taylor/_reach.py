@@ -132,6 +132,10 @@ class Reach:
     """The tensors met, each once, in walk order: they are lifted to graph inputs."""
     uncacheable: str
     """Why a trace must not be cached (empty when it may be)."""
+    ddp: str = ""
+    """The path to a ``DistributedDataParallel`` module the function calls, if any: DDP's
+    forward prepares its gradient all-reduce on real tensors, so it cannot run inside a
+    transform (``hodfunc.distributed``), and a cached trace would silently skip it."""
 
 
 def _library(obj: object) -> bool:
@@ -163,6 +167,7 @@ class _Walk:
         self.keep: list[object] = []  # holds what ``seen`` names by id alive for the walk
         self.pending: list[tuple[bool, object, tuple[str, ...]]] = []
         self.why = ""
+        self.ddp = ""
 
     def give_up(self, why: str) -> None:
         if not self.why:
@@ -349,6 +354,8 @@ class _Walk:
         entries are empty hook dictionaries, flags and numbers, and a network has many modules.
         An empty container adds nothing (once filled, it adds its name and contents)."""
         cls = type(module)
+        if cls.__name__ == "DistributedDataParallel" and cls.__module__.startswith("torch.nn"):
+            self.ddp = self.ddp or cls.__name__
         if _library(cls):
             self.emit(cls)
         else:
@@ -425,4 +432,4 @@ def reach(fn: object, others: Iterable[object] = ()) -> Reach:
     walk.walk(fn)
     for other in others:
         walk.walk(other)
-    return Reach(tuple(walk.atoms), tuple(walk.tensors), walk.why)
+    return Reach(tuple(walk.atoms), tuple(walk.tensors), walk.why, walk.ddp)

@@ -106,6 +106,10 @@ def error_cases(rank: int, world: int) -> dict[str, object]:
         hd.all_reduce_grads(ddp)
     except hodfunc.ArgumentTypeError as e:
         out["ddp_all_reduce"] = str(e)
+    try:  # a plain transform: Taylor mode's reach walk meets the DDP module
+        hodfunc.laplacian(lambda p: ddp(p.reshape(1)).sum())(torch.tensor(0.5, dtype=F64))
+    except hodfunc.ArgumentTypeError as e:
+        out["ddp_in_plain_transform"] = str(e)
     return out
 
 

@@ -228,6 +228,9 @@ def test_ddp_inside_a_transform_and_ddp_in_all_reduce_are_refused(ranks: list[Re
         text = got["ddp_all_reduce"]
         assert isinstance(text, str)
         assert "not a DistributedDataParallel module" in text
+        text = got["ddp_in_plain_transform"]
+        assert isinstance(text, str)
+        assert text.startswith("hodfunc.laplacian: a DistributedDataParallel module cannot run")
 
 
 # ------------------------------------------------------------------ one process, no group
