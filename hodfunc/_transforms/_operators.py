@@ -750,7 +750,9 @@ def bilaplacian(
     Exact: the collapsed Laplacian of the collapsed Laplacian. The inner ``laplacian`` is a
     program of ATen ops like any other (value, summed second order and ``d`` first orders per
     intermediate), so the outer collapsed Taylor propagation runs through it: ``(d + 2)^2``
-    coefficient rows per intermediate, 144 at ``d = 10``, against ``d^2`` directions of five
+    coefficient rows per intermediate, 144 at ``d = 10`` (the outer one in the ``Quadratic``
+    algebra, whose product of two jets broadcasts the value rows instead of gathering pairs:
+    the inner program multiplies jets at every activation), against ``d^2`` directions of five
     rows each (500) for the interpolation of fourth-order directional jets, ``D(e_i + e_j) +
     D(e_i - e_j) - 2 D(e_i) - 2 D(e_j) = 12 d_i^2 d_j^2 f`` (``D(v) = d^4/dt^4 f(x + t v)``; the
     stochastic estimators use it), and ``d^2`` nests of depth 4 for a nested Laplacian of a
@@ -800,7 +802,7 @@ def bilaplacian(
     _check_generator(api, generator)
     from ._derivative import laplacian  # the public transform (it imports this module)
 
-    twice = laplacian(laplacian(f, argnums=argnums, method=method), argnums=argnums, method=method)
+    inner = laplacian(f, argnums=argnums, method=method)
 
     @functools.wraps(f)
     def wrapped(*args: P.args, **kwargs: P.kwargs) -> Tensor:
@@ -808,8 +810,9 @@ def bilaplacian(
         x = call.x
         d = x.numel()
         warn_precision(api, x, 4)
-        if estimator == "exact":
-            return twice(*args, **kwargs)
+        if estimator == "exact":  # the outer Laplacian in the Quadratic algebra's product
+            outer = Call.bind(api, inner, args, kwargs, argnums)
+            return engine.collapsed(outer, basis(x), None, first=False)[1]
         if estimator == "hutchinson":
             assert count is not None
             z = _draw(_generator(generator), (count, d), "normal", x)

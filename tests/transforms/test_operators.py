@@ -493,3 +493,29 @@ def test_errors() -> None:
         hodfunc.differential_operator(f, {(0,): "1"})  # type: ignore[dict-item]
     with pytest.raises(hodfunc.ArgumentError, match=r"signs= weights the columns of a factor"):
         hodfunc.laplacian(f, weights=torch.eye(4, dtype=F64), signs=torch.ones(4, dtype=F64))
+
+
+@pytest.mark.parametrize("form", ["plain", "signs", "full"])
+def test_products_of_two_jets_in_every_form(form: str) -> None:
+    # bilinear ops whose two arguments both depend on x: elementwise and matmul-like
+    M = torch.randn(D, D, generator=seeded(40), dtype=F64)
+
+    def g(x: Tensor) -> Tensor:
+        y = torch.tanh(x)
+        return torch.stack([(x @ M) @ y, (torch.sin(x) * y).sum(), torch.outer(y, x).trace()])
+
+    S = torch.randn(D, 3, generator=seeded(41), dtype=F64)
+    signs = torch.tensor([1.0, -0.5, 2.0], dtype=F64)
+    kwargs: dict[str, object] = {
+        "plain": {"weights": S, "factor": True},
+        "signs": {"weights": S, "factor": True, "signs": signs},
+        "full": {"weights": symmetric_indefinite(D, 42).requires_grad_()},
+    }[form]  # type: ignore[assignment]
+    C = {
+        "plain": S @ S.T,
+        "signs": S @ torch.diag(signs) @ S.T,
+        "full": kwargs["weights"],
+    }[form]
+    assert isinstance(C, Tensor)
+    got = hodfunc.laplacian(g, method="taylor", **kwargs)(X)  # type: ignore[arg-type]
+    assert_close(got, (hess(g, X) * C.detach()).sum((-2, -1)))
