@@ -504,75 +504,54 @@ class AutoEngine(Opaque):
                     'Pass method="nested" to silence this, or method="taylor" to get the error.',
                 ),
                 FallbackWarning,
-                stacklevel=4,
+                stacklevel=_range.user_stacklevel(),
             )
 
-    def jet(self, call: Call, v: Tensor, order: int, *, read: int = 1) -> Tensor:
+    def _either(self, call: Call, taylor: Callable[[], R], nested: Callable[[], R]) -> R:
+        """``taylor()``, or, where it raises ``UnsupportedOperationError`` and falling back is
+        allowed, ``nested()`` with one warning; refuses ``torch.compile(fullgraph=True)`` and
+        runs with Dynamo's frame hook off."""
         _not_compiling(call.api)
-        return _eager(AutoEngine._jet)(self, call, v, order, read)
+        result: R = _eager(AutoEngine._run)(self, call, taylor, nested)
+        return result
 
-    def _jet(self, call: Call, v: Tensor, order: int, read: int) -> Tensor:
+    def _run(self, call: Call, taylor: Callable[[], R], nested: Callable[[], R]) -> R:
         try:
-            return self._taylor.jet(call, v, order, read=read)
+            return taylor()
         except UnsupportedOperationError as error:
             if not self._fallback:
                 raise
-            result = self._nested.jet(call, v, order)
+            result = nested()
             self._warn(call, error)
             return result
+
+    def jet(self, call: Call, v: Tensor, order: int, *, read: int = 1) -> Tensor:
+        return self._either(
+            call,
+            lambda: self._taylor.jet(call, v, order, read=read),
+            lambda: self._nested.jet(call, v, order),
+        )
 
     def partial(self, call: Call, wrt: tuple[int, ...]) -> Tensor:
-        _not_compiling(call.api)
-        return _eager(AutoEngine._partial)(self, call, wrt)
-
-    def _partial(self, call: Call, wrt: tuple[int, ...]) -> Tensor:
-        try:
-            return self._taylor.partial(call, wrt)
-        except UnsupportedOperationError as error:
-            if not self._fallback:
-                raise
-            result = self._nested.partial(call, wrt)
-            self._warn(call, error)
-            return result
+        return self._either(
+            call, lambda: self._taylor.partial(call, wrt), lambda: self._nested.partial(call, wrt)
+        )
 
     def partials(self, call: Call, terms: tuple[tuple[int, ...], ...]) -> tuple[Tensor, ...]:
-        _not_compiling(call.api)
-        return _eager(AutoEngine._partials)(self, call, terms)
-
-    def _partials(self, call: Call, terms: tuple[tuple[int, ...], ...]) -> tuple[Tensor, ...]:
-        try:
-            return self._taylor.partials(call, terms)
-        except UnsupportedOperationError as error:
-            if not self._fallback:
-                raise
-            result = self._nested.partials(call, terms)
-            self._warn(call, error)
-            return result
+        return self._either(
+            call,
+            lambda: self._taylor.partials(call, terms),
+            lambda: self._nested.partials(call, terms),
+        )
 
     def laplacian(self, call: Call) -> Tensor:
-        _not_compiling(call.api)
-        return _eager(AutoEngine._laplacian)(self, call)
-
-    def _laplacian(self, call: Call) -> Tensor:
-        try:
-            return self._taylor.laplacian(call)
-        except UnsupportedOperationError as error:
-            if not self._fallback:
-                raise
-            result = self._nested.laplacian(call)
-            self._warn(call, error)
-            return result
+        return self._either(
+            call, lambda: self._taylor.laplacian(call), lambda: self._nested.laplacian(call)
+        )
 
     def collapsed(self, call: Call, directions: Tensor, form: Form, *, first: bool) -> Tensor:
-        _not_compiling(call.api)
-        return _eager(AutoEngine._collapsed)(self, call, directions, form, first)
-
-    def _collapsed(self, call: Call, directions: Tensor, form: Form, first: bool) -> Tensor:
-        try:
-            return self._taylor.collapsed(call, directions, form, first=first)
-        except UnsupportedOperationError as error:
-            if not self._fallback:
-                raise
-            result = self._nested.collapsed(call, directions, form, first=first)
-            self._warn(call, error)
-            return result
+        return self._either(
+            call,
+            lambda: self._taylor.collapsed(call, directions, form, first=first),
+            lambda: self._nested.collapsed(call, directions, form, first=first),
+        )
