@@ -273,6 +273,11 @@ def partials(
     no interpolation, so a mixed partial has no cancellation error. This is meant for the low
     orders of PDE operators (the cost per op grows about with the order times the number of rows);
     for one high-order derivative along one direction ``derivatives`` is cheaper and range-safe.
+    Orders go up to 16 and one jet holds up to 1024 monomials (both checked when the transform is
+    built). The jet has no radius ladder: a coefficient that overflows comes back as inf with a
+    ``RangeWarning``, but one that underflows on the way (a product of two tiny first orders in
+    float32, ``(1 + 1e-25 x)(1 + 1e-25 y) 1e30`` at ``xy``) is flushed to zero like any float32
+    product; compute in float64 where coordinates differ in scale by that much.
     ``method="nested"`` computes each term with its own nest.
 
     Example:
