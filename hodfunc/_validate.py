@@ -296,29 +296,41 @@ def warn_per_element(
     answer for the other points is zero, silently. A genuine matrix argument rarely has all
     three; one that maps its rows independently (``A @ v`` with ``wrt`` in row 0) does, and
     warns: silence it with ``warnings.filterwarnings("ignore", category=hodfunc.BatchWarning)``.
-    Not seen: a function that itself picks point 0 (``net(z)[0]`` on a batch returns one
-    point's value)."""
+    Also warned: every result of leading dimension 1 (``net(z)[0]`` on a batch picks the first
+    point itself). Not seen: a function that reduces the batch to a scalar (``net(z).sum()``)."""
     if tracing() or transformed(x) or x.dim() < 2 or x.shape[0] <= 1:
         return  # a vector argument is one point: its Jacobian columns look alike
     n = x.shape[0]
     row = x.numel() // n
     if not any(terms) or any(i >= row for term in terms for i in term):
         return
-    suspects = [r for r, t in zip(results, terms, strict=True) if t and r.dim() and r.shape[0] == n]
-    if not suspects:
-        return
-    with outside_functorch():
-        if not any(bool((physical(r)[1:] == 0).all()) for r in suspects):
+    wrt = sorted({i for t in terms for i in t})
+    if all(r.dim() and r.shape[0] == 1 for r in results):
+        rule = (
+            "the transform is per point, and here it got a batch whose results have leading "
+            "dimension 1, as if the function read only its first point (net(z)[0] on a batch), "
+            "and every wrt index falls in that point"
+        )
+    else:
+        suspects = [
+            r for r, t in zip(results, terms, strict=True) if t and r.dim() and r.shape[0] == n
+        ]
+        if not suspects:
             return
-    warnings.warn(
-        message(
-            api,
+        with outside_functorch():
+            if not any(bool((physical(r)[1:] == 0).all()) for r in suspects):
+                return
+        rule = (
             "the transform is per point, and here it got a batch: the argument and the result "
             f"share the leading dimension {n}, and every wrt index falls in row 0, so the "
             "result is the derivative with respect to entries of the first point, zero at the "
-            "others",
-            f"an argument of shape {tuple(x.shape)} and wrt indices "
-            f"{sorted({i for t in terms for i in t})}",
+            "others"
+        )
+    warnings.warn(
+        message(
+            api,
+            rule,
+            f"an argument of shape {tuple(x.shape)} and wrt indices {wrt}",
             "Map it over the points: torch.func.vmap(transform)(X), or "
             "hodfunc.batched(transform)(X) for chunks and progress.",
         ),

@@ -335,3 +335,13 @@ def test_the_batch_warning_stays_quiet_on_one_vector_point() -> None:
         hodfunc.partials(lambda z: torch.stack([torch.sin(z[0]), z[1]]), {"u_x": (0,)})(
             torch.tensor([0.3, 0.4])
         )
+
+
+def test_a_function_that_picks_the_first_point_of_a_batch_warns() -> None:
+    net = mlp(2, 8, 1, "tanh")
+    X = torch.rand(64, 2, generator=torch.Generator().manual_seed(3), dtype=F64)
+    with pytest.warns(hodfunc.BatchWarning, match=r"leading dimension 1.*net\(z\)\[0\]"):
+        hodfunc.partials(lambda z: net(z)[0], {"u": (), "u_x": (0,)})(X)
+    with warnings.catch_warnings():  # a matrix function of one output: a scalar, quiet
+        warnings.simplefilter("error")
+        hodfunc.partial(lambda a: torch.linalg.det(a), wrt=(0, 1), method="nested")(X[:2].clone())
