@@ -206,7 +206,7 @@ class Collapsed:
         first: bool = True,
     ) -> Tensor:
         scaled = (lambda d1: _scaled_rows(d1, a, donated)) if first else None
-        a0, rest = torch.split(a, [1, a.shape[0] - 1])  # one split: see Multivariate.unary
+        a0, rest = torch.split(a, [1, a.shape[0] - 1])  # one split: see Jet.parts
         return self._unary(rule, a0.squeeze(0), rest, scaled)
 
     def unary_split(
@@ -317,9 +317,7 @@ class Multivariate:
         return self.monomials.index(monomial)
 
     def _phi(self, rule: UnaryRule, a0: Tensor) -> list[Tensor]:
-        """``phi^(p)(a_0) / p!`` for ``p = 0..order``."""
-        if self.order <= 2:
-            return list(_series.second_order(rule, a0))[: self.order + 1]
+        """``phi^(p)(a_0) / p!`` for ``p = 0..order`` (order > 2: ``_compose2`` takes the rest)."""
         seed = torch.stack([a0, torch.ones_like(a0), *[torch.zeros_like(a0)] * (self.order - 1)])
         return list(rule(seed, affine=True).unbind(0))
 
@@ -332,25 +330,14 @@ class Multivariate:
         rows = delta.shape[0]
         power = delta
         acc = phi[1] * delta
+        if acc.shape[0] < self.size - 1:  # an affine jet: its rows past the first orders are 0
+            pad = acc.new_zeros(()).expand(self.size - 1 - acc.shape[0], *acc.shape[1:])
+            acc = torch.cat([acc, pad])
         for p in range(2, self.order + 1):
             table = pair_table(power_pairs(self.monomials, p, min(rows, self.size - 1)), a0)
             power = pair_sum(table, delta, power, self.size - self._start[p])
-            offset = self._start[p] - 1
-            term = phi[p] * power
-            if acc.shape[0] <= offset:  # an affine jet: nothing beyond its first orders yet
-                missing = offset - acc.shape[0]
-                parts = (
-                    [acc, term]
-                    if not missing
-                    else [acc, term.new_zeros(()).expand(missing, *term.shape[1:]), term]
-                )
-                acc = torch.cat(parts)
-            else:
-                acc = torch.cat([acc[:offset], acc[offset:] + term])
-        if acc.shape[0] < self.size - 1:
-            acc = torch.cat(
-                [acc, acc.new_zeros(()).expand(self.size - 1 - acc.shape[0], *acc.shape[1:])]
-            )
+            offset = self._start[p] - 1  # delta^p reaches the rows of degree >= p only
+            acc = torch.cat([acc[:offset], acc[offset:] + phi[p] * power])
         return phi[0], acc
 
     def _compose2(self, rule: UnaryRule, a0: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
@@ -407,14 +394,8 @@ class Multivariate:
         donated: bool = False,
         first: bool = True,
     ) -> Tensor:
-        # one split, not a select and a slice: the backward of each of those would zero-fill a
-        # gradient of the whole jet, the split's backward joins the pieces' gradients once
-        m = self.variables
-        if affine and a.shape[0] > 1 + m:
-            a0, delta, _ = torch.split(a, [1, m, a.shape[0] - 1 - m])
-        else:
-            a0, delta = torch.split(a, [1, a.shape[0] - 1])
-        return join(*self._compose(rule, a0.squeeze(0), delta), self.size)
+        a0, rest = torch.split(a, [1, a.shape[0] - 1])  # one split: see Jet.parts
+        return join(*self.unary_parts(rule, a0.squeeze(0), rest, affine=affine), self.size)
 
     def unary_split(
         self,
@@ -431,8 +412,12 @@ class Multivariate:
         self, rule: UnaryRule, head: Tensor, tail: Tensor, *, affine: bool = False
     ) -> tuple[Tensor, Tensor]:
         """``unary_split`` held split, ``(value, rows 1..)``: a linear layer next takes the two
-        parts as they are, so the jet is never joined (no copy forward, none backward)."""
-        return self._compose(rule, head, tail[: self.variables] if affine else tail)
+        parts as they are, so the jet is never joined (no copy forward, none backward). An
+        affine jet's rows after its first orders are zeros: they are split off, not sliced."""
+        m = self.variables
+        if affine and tail.shape[0] > m:
+            tail = torch.split(tail, [m, tail.shape[0] - m])[0]
+        return self._compose(rule, head, tail)
 
     def product(self, op: Bilinear, a: Tensor, b: Tensor, *, batched: bool) -> Tensor:
         return _product(product_pairs(self.monomials), self.size, op, a, b, batched)

@@ -54,7 +54,7 @@ from .._validate import check_output
 from . import _range
 from ._algebra import Collapsed, Multivariate, Univariate
 from ._interpret import run
-from ._mixed import interpolation
+from ._mixed import exponents, interpolation
 from ._operators import Form, Quadratic
 from ._reach import Opaque, Reach
 from ._rules import Context, Jet, has_rule
@@ -392,19 +392,18 @@ class TaylorEngine(Opaque):
         """Every partial in ``terms`` (``wrt`` tuples) from one multivariate jet whose seed
         variables are the coordinates they name (``Multivariate``)."""
         x = call.x
-        variables = sorted({i for term in terms for i in term})
+        variables, monomials = exponents(terms)
         if not variables:  # values only: a new tensor each, as every other term is
             value = check_output(call.api, call.at(x))
             return tuple(value.clone() for _ in terms)
-        exponents = tuple(tuple(term.count(v) for v in variables) for term in terms)
-        algebra = Multivariate.covering(exponents)
+        algebra = Multivariate.covering(monomials)
         ctx = Context(algebra, call.api)
         index = torch.tensor(variables, device=x.device)
         seeds = torch.nn.functional.one_hot(index, x.numel()).to(x.dtype)
         coefficients = self._propagate(call, None, seeds.reshape(len(variables), *x.shape), ctx)
         self._warn(call.api, ctx, algebra.order)
-        rows = torch.tensor([0, *(algebra.row(e) for e in exponents)], device=x.device)
-        scales = [math.prod(math.factorial(k) for k in e) for e in exponents]
+        rows = torch.tensor([0, *(algebra.row(e) for e in monomials)], device=x.device)
+        scales = [math.prod(math.factorial(k) for k in e) for e in monomials]
         picked = coefficients.index_select(0, rows)  # one gather: its backward, one scatter
         read = picked[1:]
         if any(s != 1 for s in scales):  # a! in float64 (no overflow in float32 at order 35)

@@ -21,7 +21,7 @@ import itertools
 import math
 from fractions import Fraction
 
-__all__ = ["interpolation"]
+__all__ = ["closure", "exponents", "interpolation", "power_pairs", "product_pairs"]
 
 
 def _compositions(total: int, parts: int) -> list[tuple[int, ...]]:
@@ -72,6 +72,19 @@ def interpolation(j: tuple[int, ...]) -> tuple[tuple[tuple[int, ...], Fraction],
 
 Monomial = tuple[int, ...]
 """A multi-index over the seed variables of a multivariate jet: ``(2, 1)`` is ``s_0^2 s_1``."""
+
+
+def exponents(
+    terms: tuple[tuple[int, ...], ...],
+) -> tuple[tuple[int, ...], tuple[Monomial, ...]]:
+    """``(variables, monomials)`` of ``wrt`` tuples: the coordinates they name, sorted, and each
+    tuple as a multi-index over them.
+
+    >>> exponents(((0, 0), (2,), ()))
+    ((0, 2), ((2, 0), (0, 1), (0, 0)))
+    """
+    variables = tuple(sorted({i for term in terms for i in term}))
+    return variables, tuple(tuple(term.count(v) for v in variables) for term in terms)
 
 
 @functools.cache

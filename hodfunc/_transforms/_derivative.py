@@ -19,7 +19,7 @@ from typing_extensions import TypeVarTuple, Unpack
 
 from .._call import Call, WithDirection, append_parameter, split_direction
 from .._errors import ArgumentError, ArgumentTypeError, message
-from .._taylor._mixed import closure
+from .._taylor._mixed import closure, exponents
 from .._validate import (
     check_argnums,
     check_callable,
@@ -215,10 +215,10 @@ def _check_jet_size(api: str, terms: tuple[tuple[int, ...], ...]) -> None:
                 "hodfunc.partial, which stay right at every order.",
             )
         )
-    variables = sorted({i for term in terms for i in term})
+    variables, monomials = exponents(terms)
     if not variables:
         return
-    rows = len(closure(tuple(tuple(t.count(v) for v in variables) for t in terms)))
+    rows = len(closure(monomials))
     if rows > PARTIALS_MAX_ROWS:
         raise ArgumentError(
             message(

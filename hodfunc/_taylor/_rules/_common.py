@@ -78,18 +78,10 @@ def affine(a: Jet, const: object) -> Jet:
     """``a + const`` with the constant added to coefficient 0 only."""
     if isinstance(const, (int, float)) and const == 0:
         return a
-    if a.split is not None:
-        head, tail = a.split
-        head = head + const  # type: ignore[operator]  # a tensor or a number
-        if tuple(head.shape) != tuple(tail.shape[1:]):
-            tail = lift(tail, head.dim()).expand(tail.shape[0], *head.shape)
-        return Jet(split=(head, tail), size=a.size)
     # held split, not joined: no copy of the coefficients (the next op, a nonlinearity or a
-    # linear layer, takes the parts as they are). One split, not a select and a slice: their
-    # backwards would each zero-fill a gradient of the whole jet, the split's joins the pieces'
-    # gradients once.
-    first, tail = torch.split(a.c, [1, a.c.shape[0] - 1])
-    head = first.squeeze(0) + const  # type: ignore[operator]  # a tensor or a number
+    # linear layer, takes the parts as they are)
+    value, tail = a.parts()
+    head = value + const  # type: ignore[operator]  # a tensor or a number
     if tuple(head.shape) != tuple(tail.shape[1:]):
         tail = lift(tail, head.dim()).expand(tail.shape[0], *head.shape)
     return Jet(split=(head, tail), size=a.size)

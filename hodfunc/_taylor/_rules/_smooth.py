@@ -48,12 +48,7 @@ def _unary(series_rule: UnaryRule) -> Rule:
         a = args[0]
         assert isinstance(a, Jet)
         if isinstance(ctx.algebra, Multivariate):  # held split: see Multivariate.unary_parts
-            if a.split is not None:
-                head, tail = a.split
-            else:
-                first, tail = torch.split(a.c, [1, a.size - 1])
-                head = first.squeeze(0)
-            parts = ctx.algebra.unary_parts(series_rule, head, tail, affine=a.affine)
+            parts = ctx.algebra.unary_parts(series_rule, *a.parts(), affine=a.affine)
             return Jet(split=parts, size=a.size)
         if a.split is not None:
             head, tail = a.split

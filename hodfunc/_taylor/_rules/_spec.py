@@ -101,6 +101,15 @@ class Jet:
         """The number of dims of the value itself."""
         return self._split[0].dim() if self._split is not None else self.c.dim() - 1
 
+    def parts(self) -> tuple[Tensor, Tensor]:
+        """``(value, the next coefficients)``: the split if this jet is held so, else its
+        coefficients split once. One split, not a select and a slice: their backwards would each
+        zero-fill a gradient of the whole jet, the split's joins the pieces' gradients once."""
+        if self._split is not None:
+            return self._split
+        first, tail = torch.split(self.c, [1, self._size - 1])
+        return first.squeeze(0), tail
+
     def retagged(self, through: frozenset[str], affine: bool) -> Jet:
         """The same coefficients with other interpreter tags."""
         if self._split is not None and self._c is None:
