@@ -72,6 +72,8 @@ def tracing() -> bool:
     Rules write into fresh tensors in place only when not traced: a trace of such a write (a
     Taylor transform inside another one's trace) would see a mutation through a view.
     """
+    if torch.compiler.is_compiling():  # Dynamo's trace: no value may be read
+        return True
     return bool(torch._C._len_torch_dispatch_stack())
 
 

@@ -1,14 +1,17 @@
-"""Taylor-mode automatic differentiation: the ``"taylor"`` and ``"auto"`` methods.
+"""Taylor-mode automatic differentiation: the ``"taylor"``, ``"auto"`` and ``"compiled"`` methods.
 
 Modules: ``_reach`` (what a function can reach: the cache key), ``_trace`` (make_fx tracing and
 its cache; the only one touching torch internals),
 ``_series`` (univariate coefficient recurrences), ``_algebra`` (univariate and collapsed jets),
 ``_rules`` (one rule per ATen op), ``_plan`` (what a run may overwrite or skip, decided once per
-trace), ``_interpret`` (running a trace on jets), ``_mixed`` (Griewank-Utke-Walther interpolation
+trace), ``_interpret`` (running a trace on jets), ``_compiled`` (a run emitted as one graph for
+torch.compile), ``_mixed`` (Griewank-Utke-Walther interpolation
 for mixed partials), ``_engine`` (the engines).
 """
 
+from ._compiled import clear as _clear_compiled
 from ._engine import AutoEngine as AutoEngine
+from ._engine import CompiledEngine as CompiledEngine
 from ._engine import TaylorEngine as TaylorEngine
 from ._trace import SHARED
 
@@ -28,6 +31,7 @@ def clear_cache() -> None:
         tensor(-0.4794)
     """
     SHARED.clear()
+    _clear_compiled()
 
 
-__all__ = ["AutoEngine", "TaylorEngine", "clear_cache"]
+__all__ = ["AutoEngine", "CompiledEngine", "TaylorEngine", "clear_cache"]

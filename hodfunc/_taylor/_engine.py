@@ -51,7 +51,7 @@ from .._functorch import (
 )
 from .._nested import NestedEngine, basis, unit
 from .._validate import check_output
-from . import _range
+from . import _compiled, _range
 from ._algebra import Collapsed, Multivariate, Univariate
 from ._interpret import run
 from ._mixed import exponents, interpolation
@@ -60,7 +60,7 @@ from ._reach import Opaque, Reach
 from ._rules import Context, Jet, has_rule
 from ._trace import SHARED, Bound, reach_of
 
-__all__ = ["MULTIVARIATE_ORDER", "AutoEngine", "TaylorEngine"]
+__all__ = ["MULTIVARIATE_ORDER", "AutoEngine", "CompiledEngine", "TaylorEngine"]
 
 MULTIVARIATE_ORDER = 4
 """Mixed partials up to this order come from one multivariate jet (exact rows, no cancellation);
@@ -113,19 +113,21 @@ def _eager(method: Callable[..., R]) -> Callable[..., R]:
 
 
 def _not_compiling(api: str) -> None:
-    """Refuse to be traced by ``torch.compile``: Taylor mode traces and interprets the function
-    itself (``make_fx``, functorch queries), which Dynamo cannot follow. Without
-    ``fullgraph=True`` the raise is a graph break and the call runs eagerly at full speed; with
-    it, the error names the way out."""
-    if torch.compiler.is_compiling():
+    """Refuse to be traced by Dynamo: Taylor mode traces and interprets the function itself
+    (``make_fx``, functorch queries), which Dynamo cannot follow. Without ``fullgraph=True`` the
+    raise is a graph break and the call runs eagerly at full speed; with it, the error names the
+    way out. (``method="compiled"`` transforms are not traced by Dynamo at all: their calls enter
+    the graph whole, ``_transforms._engines.entry``.)"""
+    if torch.compiler.is_dynamo_compiling():
         raise CompileError(  # no custom __init__: Dynamo must be able to trace the raise
             message(
                 api,
-                "Taylor mode traces and runs the function itself, so torch.compile cannot put it "
-                "in a graph",
+                "Taylor mode traces and runs the function itself, so torch.compile cannot trace "
+                "into it",
                 "a call inside torch.compile(fullgraph=True)",
-                "Drop fullgraph=True (the transform then runs eagerly, at eager speed), or call "
-                "it outside the compiled function.",
+                'Build the transform with method="compiled", whose calls torch.compile takes '
+                "whole (pass the module or its parameters as an argument), or drop "
+                "fullgraph=True (the transform then runs eagerly).",
             )
         )
 
@@ -227,6 +229,10 @@ def _warn_cancellation(api: str, wrt: tuple[int, ...], weights: Tensor, values: 
 class TaylorEngine(Opaque):
     """Taylor-mode AD on a cached ``make_fx`` trace: O(K^2) per nonlinear op."""
 
+    COLLAPSED_WHOLE_BATCH = False
+    """Whether the collapsed Laplacian also runs once on a whole ``vmap`` batch (eagerly it
+    measured no faster; compiled, only the whole batch runs as one graph)."""
+
     def __init__(self) -> None:
         self._warned_piecewise = False
         self._warned_uncacheable = False
@@ -246,8 +252,8 @@ class TaylorEngine(Opaque):
                     "sum the gradients with hodfunc.distributed.all_reduce_grads(model).",
                 )
             )
-        if not reached.uncacheable or self._warned_uncacheable:
-            return
+        if not reached.uncacheable or self._warned_uncacheable or tracing():
+            return  # (traced: inside another trace or torch.compile, which run it once)
         self._warned_uncacheable = True
         warnings.warn(
             message(
@@ -262,6 +268,12 @@ class TaylorEngine(Opaque):
             CacheWarning,
             stacklevel=5,
         )
+
+    def _run(
+        self, bound: Bound, seed: Jet | Tensor, ctx: Context, *, first_orders: bool = True
+    ) -> object:
+        """One propagation of ``bound``'s program with the free argument's slot holding ``seed``."""
+        return run(bound.program, bound.inputs, seed, ctx, first_orders=first_orders)
 
     def _bind(self, call: Call) -> Bound:
         _not_compiling(call.api)
@@ -312,16 +324,18 @@ class TaylorEngine(Opaque):
         # order 0 is the plain value: run the program without coefficients. The collapsed
         # Laplacian stays per point: its directions are unbatched there, and its whole-batch run
         # measured no faster (matmuls dominate either way).
-        if ctx.algebra.size > 1 and first_orders:
-            whole = self._propagate_whole_batch(call, tail, ctx)
+        if ctx.algebra.size > 1 and (first_orders or self.COLLAPSED_WHOLE_BATCH):
+            whole = self._propagate_whole_batch(call, tail, ctx, first_orders=first_orders)
             if whole is not None:
                 return whole
         bound = self._bind(call) if bound is None else bound
         free = _seed(call.x, tail, ctx) if ctx.algebra.size > 1 else call.x
-        out = run(bound.program, bound.inputs, free, ctx, first_orders=first_orders)
+        out = self._run(bound, free, ctx, first_orders=first_orders)
         return _coefficients_of(call, out, ctx)
 
-    def _propagate_whole_batch(self, call: Call, tail: Tensor, ctx: Context) -> Tensor | None:
+    def _propagate_whole_batch(
+        self, call: Call, tail: Tensor, ctx: Context, *, first_orders: bool = True
+    ) -> Tensor | None:
         """``_propagate`` run once on the whole batch of a ``vmap`` over points, or ``None``
         where that does not apply (``_whole_batch``) or the batched trace fails.
 
@@ -343,7 +357,7 @@ class TaylorEngine(Opaque):
         if _without_rule(bound):
             self._whole_batch_works = False
             return None
-        out = run(bound.program, bound.inputs, _seed(points, tail, ctx), ctx)
+        out = self._run(bound, _seed(points, tail, ctx), ctx, first_orders=first_orders)
         coefficients = _coefficients_of(call, out, ctx)
         return rebatch(coefficients, dim=1, level=level)
 
@@ -463,12 +477,66 @@ class TaylorEngine(Opaque):
         n = directions.shape[0]
         ctx = Context(Quadratic(n, form), call.api)
         tail = torch.cat([torch.zeros_like(directions[:1]), directions.to(call.x.dtype)])
-        out = run(bound.program, bound.inputs, _seed(call.x, tail, ctx), ctx, first_orders=first)
+        out = self._run(bound, _seed(call.x, tail, ctx), ctx, first_orders=first)
         coefficients = _coefficients_of(call, out, ctx)
         self._warn(call.api, ctx, 2)
         value, second, rest = torch.split(coefficients, [1, 1, coefficients.shape[0] - 2])
         parts = [value, 2 * second, rest] if first else [value, 2 * second]
         return torch.cat(parts)
+
+
+class CompiledEngine(TaylorEngine):
+    """Taylor mode whose propagations run as compiled graphs (``_compiled``), where they run on
+    plain tensors; under a ``torch.func`` transform or inside a trace, the same program eagerly.
+
+    Its transforms enter ``torch.compile`` whole (``_transforms._engines.entry``): Dynamo does not
+    trace them, and AOTAutograd records the propagation into the caller's graph. There the
+    function sees only the tensors passed to the transform; a tensor it reaches through a closure
+    is refused (``_check_passed``), since its gradient would be lost.
+    """
+
+    COLLAPSED_WHOLE_BATCH = True
+
+    def _run(
+        self, bound: Bound, seed: Jet | Tensor, ctx: Context, *, first_orders: bool = True
+    ) -> object:
+        if not isinstance(seed, Jet) or not _compiled.compiles(bound.inputs, seed, ctx.algebra):
+            return super()._run(bound, seed, ctx, first_orders=first_orders)
+        return _compiled.propagate(
+            bound.program, bound.inputs, seed, ctx, first_orders=first_orders
+        )
+
+    def _bind(self, call: Call) -> Bound:
+        bound = super()._bind(call)
+        _check_passed(call, bound)
+        return bound
+
+
+def _check_passed(call: Call, bound: Bound) -> None:
+    """Inside ``torch.compile`` (AOTAutograd tracing the transform's call), every tensor the
+    program reads must be one the compiler handed in: a real tensor reached through a closure
+    would be baked in as a constant, and gradients would not flow to it."""
+    if not torch.compiler.is_compiling():
+        return
+    from torch._subclasses.fake_tensor import is_fake
+
+    if not is_fake(call.x):
+        return
+    baked = [t for t in bound.inputs if not is_fake(t)]
+    if baked:
+        raise CompileError(
+            message(
+                call.api,
+                'inside torch.compile a method="compiled" transform sees only the tensors passed '
+                "to it (torch.compile cannot hand over tensors a function reaches through its "
+                "closure or globals, and their gradients would be lost)",
+                f"the function reaches a tensor of shape {tuple(baked[0].shape)} that was not "
+                "passed",
+                "Pass the module or its parameters as an argument: for example "
+                "hodfunc.partials(lambda net, z: net(z), wrt, argnums=1) called as "
+                "parts(net, z), or torch.func.functional_call with a parameter dict.",
+            )
+        )
 
 
 class AutoEngine(Opaque):
@@ -511,10 +579,10 @@ class AutoEngine(Opaque):
         allowed, ``nested()`` with one warning; refuses ``torch.compile(fullgraph=True)`` and
         runs with Dynamo's frame hook off."""
         _not_compiling(call.api)
-        result: R = _eager(AutoEngine._run)(self, call, taylor, nested)
+        result: R = _eager(AutoEngine._attempt)(self, call, taylor, nested)
         return result
 
-    def _run(self, call: Call, taylor: Callable[[], R], nested: Callable[[], R]) -> R:
+    def _attempt(self, call: Call, taylor: Callable[[], R], nested: Callable[[], R]) -> R:
         try:
             return taylor()
         except UnsupportedOperationError as error:

@@ -18,6 +18,7 @@ tensor ops over the whole tensor, so an op costs O(K) kernel launches and O(K^2 
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import math
 from collections.abc import Callable
@@ -247,9 +248,14 @@ Entry = tuple[int, int, int, int]
 """One term of a bilinear product of two jets: ``(i, j, k, w)``, ``w a_i b_j`` adds into row
 ``k``."""
 
-Group = tuple[Tensor | slice, Tensor | slice, Tensor, float]
+Group = tuple[Tensor | slice, Tensor | slice, Tensor, float, tuple[int, ...]]
 """The terms of one weight: the rows to take of each factor (a slice where they run in order),
-the output row of each term, the weight."""
+the output row of each term (as an index tensor, and as ints for ``EMITTING``), the weight."""
+
+EMITTING: contextvars.ContextVar[bool] = contextvars.ContextVar("EMITTING", default=False)
+"""Set while a propagation is recorded for the compiler (``_compiled``): products then sum each
+output row by explicit adds, which inductor fuses into one loop, instead of ``index_add``, which
+it lowers to atomic scatters (slow, and for some shapes a codegen failure)."""
 
 _TABLES: dict[tuple[object, ...], tuple[Group, ...]] = {}
 
@@ -288,6 +294,7 @@ def pair_table(entries: tuple[Entry, ...], like: Tensor) -> tuple[Group, ...]:
                     _indexer([e[1] for e in chosen], like.device),
                     torch.tensor([e[2] for e in chosen], device=like.device),
                     float(weight),
+                    tuple(e[2] for e in chosen),
                 )
             )
     table = tuple(groups)
@@ -309,8 +316,10 @@ def pair_sum(
     (``0 * inf`` would make every row, the value too, ``nan``, and hide the overflow from the
     range check). The weight is ``index_add``'s ``alpha``, not a pass of its own; the sum goes in
     place into new zeros where nothing traces or maps it."""
+    if EMITTING.get():
+        return _row_sums(table, a, b, size, multiply)
     out: Tensor | None = None
-    for ia, ib, k, weight in table:
+    for ia, ib, k, weight, _ in table:
         products = multiply(a[ia], b[ib])
         if out is None:
             out = products.new_zeros(size, *products.shape[1:])
@@ -320,6 +329,26 @@ def pair_sum(
             out = out.index_add_(0, k, products, alpha=weight)
     assert out is not None
     return out
+
+
+def _row_sums(
+    table: tuple[Group, ...],
+    a: Tensor,
+    b: Tensor,
+    size: int,
+    multiply: Callable[[Tensor, Tensor], Tensor],
+) -> Tensor:
+    """``pair_sum`` by explicit adds per output row (``EMITTING``); a row with no term is zero."""
+    rows: list[Tensor | None] = [None] * size
+    for ia, ib, _, weight, targets in table:
+        products = multiply(a[ia], b[ib])
+        if weight != 1:
+            products = products * weight
+        for term, row in zip(products.unbind(0), targets, strict=True):
+            held = rows[row]
+            rows[row] = term if held is None else held + term
+    some = next(r for r in rows if r is not None)
+    return torch.stack([torch.zeros_like(some) if r is None else r for r in rows])
 
 
 def cauchy(a: Series, b: Series) -> Series:

@@ -31,7 +31,7 @@ from .._validate import (
     warn_per_element,
     warn_precision,
 )
-from ._engines import resolve
+from ._engines import entry, resolve
 from ._method import Method
 from ._operators import (
     Distribution,
@@ -68,7 +68,7 @@ def _scalar_jet(
         orders = engine.jet(call, torch.ones_like(call.x), order, read=order if only_top else 1)
         return orders[order] if only_top else orders
 
-    return wrapped
+    return entry(method, wrapped)
 
 
 def derivative(
@@ -85,8 +85,11 @@ def derivative(
         argnums: which positional argument to differentiate; it must be a 0-d floating tensor.
         method: ``"nested"`` (``torch.func.jvp`` nested ``order`` times), ``"taylor"`` (Taylor
             mode: one pass of truncated Taylor series, O(order^2) per op; raises
-            ``UnsupportedOperationError`` for an op without a rule) or ``"auto"`` (Taylor mode
-            where it applies, else nested with one ``FallbackWarning``).
+            ``UnsupportedOperationError`` for an op without a rule), ``"auto"`` (Taylor mode
+            where it applies, else nested with one ``FallbackWarning``) or ``"compiled"``
+            (Taylor mode with each propagation compiled by ``torch.compile``, the one method
+            that works inside ``torch.compile(fullgraph=True)``; every transform with
+            ``method=`` takes it).
 
     Returns:
         A function with ``f``'s signature returning the derivative.
@@ -157,7 +160,7 @@ def partial(
         warn_per_element(api, call.x, (indices,), (result,))
         return result
 
-    return wrapped
+    return entry(method, wrapped)
 
 
 def _check_terms(
@@ -314,7 +317,7 @@ def partials(
         def as_tuple(*args: P.args, **kwargs: P.kwargs) -> tuple[Tensor, ...]:
             return compute(*args, **kwargs)
 
-        return as_tuple
+        return entry(method, as_tuple)
 
     keys: tuple[K, ...] = tuple(wrt)  # type: ignore[arg-type]
 
@@ -322,7 +325,7 @@ def partials(
     def as_dict(*args: P.args, **kwargs: P.kwargs) -> dict[K, Tensor]:
         return dict(zip(keys, compute(*args, **kwargs), strict=True))
 
-    return as_dict
+    return entry(method, as_dict)
 
 
 @overload
@@ -372,7 +375,7 @@ def directional_derivative(
         return engine.jet(call, direction.to(call.x.dtype), order, read=order)[order]
 
     append_parameter(wrapped, f, "v")
-    return wrapped
+    return entry(method, wrapped)
 
 
 def laplacian(
@@ -456,7 +459,7 @@ def laplacian(
             engine, call, weights, factor, signs, estimator, samples, distribution, generator
         )
 
-    return wrapped
+    return entry(method, wrapped)
 
 
 def derivative_tensor(

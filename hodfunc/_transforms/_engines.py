@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
+from typing import ParamSpec, TypeVar
 
 from .._errors import ArgumentError, message
 from .._nested import NestedEngine
-from .._taylor import AutoEngine
+from .._taylor import AutoEngine, CompiledEngine
 from ._method import METHODS, Engine, Method, is_method
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 ENGINES: Mapping[Method, Callable[[], Engine]] = {
     "auto": AutoEngine,
     "nested": NestedEngine,
     "taylor": functools.partial(AutoEngine, fallback=False),
+    "compiled": CompiledEngine,
 }
 assert tuple(sorted(ENGINES)) == tuple(sorted(METHODS))
 
@@ -34,3 +39,16 @@ def resolve(api: str, method: object) -> Engine:
             )
         )
     return ENGINES[method]()
+
+
+def entry(method: Method, transformed: Callable[P, R]) -> Callable[P, R]:
+    """The function a transform returns: for ``method="compiled"``, marked for Dynamo as one
+    call to record whole (``torch._dynamo.nonstrict_trace``). Dynamo then does not trace into
+    hodfunc (the trace cache, ``make_fx``), and AOTAutograd records the propagation into the
+    caller's graph, which inductor compiles with the rest of the step and differentiates for the
+    weights. Other methods return ``transformed`` as it is (importing Dynamo costs a second)."""
+    if method != "compiled":
+        return transformed
+    import torch._dynamo
+
+    return torch._dynamo.nonstrict_trace(transformed)

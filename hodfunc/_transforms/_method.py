@@ -12,10 +12,12 @@ if TYPE_CHECKING:
 
     from .._call import Call
 
-Method = Literal["auto", "nested", "taylor"]
+Method = Literal["auto", "nested", "taylor", "compiled"]
 """The derivative methods: ``"nested"`` composes torch.func transforms; ``"taylor"`` propagates
 truncated Taylor series on a traced graph (O(K^2) per op); ``"auto"`` uses Taylor mode where every
-operation has a rule and falls back to nested with a ``FallbackWarning`` otherwise."""
+operation has a rule and falls back to nested with a ``FallbackWarning`` otherwise;
+``"compiled"`` is Taylor mode with each propagation compiled by ``torch.compile``, and the one
+method whose transforms work inside ``torch.compile(fullgraph=True)``."""
 
 METHODS: tuple[Method, ...] = get_args(Method)
 

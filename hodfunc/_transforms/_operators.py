@@ -34,7 +34,7 @@ from .._validate import (
     check_wrt_range,
     warn_precision,
 )
-from ._engines import resolve
+from ._engines import entry, resolve
 from ._method import Engine, Method
 
 __all__ = [
@@ -619,7 +619,7 @@ def differential_operator(
         values = engine.partials(call, tuple(totals))
         return _weighted(list(values), list(totals.values()))
 
-    return wrapped
+    return entry(method, wrapped)
 
 
 def _weighted(values: Sequence[Tensor], coefficients: Sequence[Coefficient]) -> Tensor:
@@ -697,7 +697,7 @@ def divergence(
             return flat.diagonal().sum()
         return (flat * directions.reshape(n, d)).sum() / count
 
-    return wrapped
+    return entry(method, wrapped)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -834,4 +834,4 @@ def bilaplacian(
         out: Tensor = torch.tensordot(weights.to(values.dtype), values, dims=1)
         return out
 
-    return wrapped
+    return entry(method, wrapped)

@@ -1,0 +1,224 @@
+"""``method="compiled"`` against eager Taylor mode (``method="taylor"``), side by side in one run.
+
+Cases (issue 14): the scalar tanh MLP of bench_taylor at one point, orders 4, 8 and 16; 4096
+points at order 8; the collapsed Laplacian of bench_taylor_laplacian with its matmul floor; the
+PINN training steps of bench_pinn. JAX ``jit(jet)`` on the same MLP when ``import jax`` works
+(skipped with the reason otherwise); jet-for-pytorch when ``import jet`` works (it needs
+Python >= 3.12). Every compiled result is checked against eager before it is timed, and each
+case's first compiled call (trace, inductor, run) is reported as its compile time.
+
+    python benchmarks/bench_compile.py [--quick] [--threads N] [--cases a,b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+from collections.abc import Callable
+
+import bench_pinn
+import torch
+from _common import (
+    interleaved_medians,
+    laplacian_points,
+    laplacian_weights,
+    mlp_weights,
+    table,
+    tanh_mlp,
+    write_json,
+)
+from torch import Tensor
+
+import hodfunc
+from hodfunc._taylor import _compiled
+
+WIDTH = 64
+LAPLACIAN_DIMS = [50, 256, 256, 256, 1]
+
+
+def scalar_mlp() -> Callable[[Tensor], Tensor]:
+    w1, b1, w2, b2, w3 = mlp_weights(WIDTH, torch.float32)
+
+    def f(x: Tensor) -> Tensor:
+        return w3 @ torch.tanh(w2 @ torch.tanh(w1 @ x.reshape(1) + b1) + b2)
+
+    return f
+
+
+def jax_jet(order: int, points: int) -> tuple[Callable[[], object] | None, str]:
+    """JAX ``jit(jet)`` of the same MLP (same weights), or ``None`` and why not."""
+    if importlib.util.find_spec("jax") is None:
+        return None, "jax not installed"
+    # imported by name: an optional module without stubs here (JAX 0.10 on this machine kind)
+    jax = importlib.import_module("jax")
+    jnp = importlib.import_module("jax.numpy")
+    jet = importlib.import_module("jax.experimental.jet").jet
+
+    w1, b1, w2, b2, w3 = (jnp.asarray(t.numpy()) for t in mlp_weights(WIDTH, torch.float32))
+
+    def f(x: object) -> object:
+        return w3 @ jnp.tanh(w2 @ jnp.tanh(w1 @ jnp.reshape(x, (1,)) + b1) + b2)
+
+    series = [1.0] + [0.0] * (order - 1)
+
+    def coefficients(x: object) -> object:
+        value, terms = jet(f, (x,), ((jnp.asarray(series[0]), *map(jnp.asarray, series[1:])),))
+        return jnp.stack([value, *terms])
+
+    run = jax.jit(coefficients if points == 1 else jax.vmap(coefficients))
+    x = jnp.asarray(0.3) if points == 1 else jnp.linspace(-1.0, 1.0, points)
+    run(x).block_until_ready()
+    return (lambda: run(x).block_until_ready()), ""
+
+
+def first_call(fn: Callable[[], object]) -> float:
+    """Seconds of ``fn``'s first call (for a compiled transform: its compilation)."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def relative(got: Tensor, want: Tensor) -> float:
+    scale = want.abs().reshape(want.shape[0], -1).amax(1).clamp(min=1e-30)
+    return float(((got - want).abs().reshape(want.shape[0], -1).amax(1) / scale).max())
+
+
+def mlp_case(order: int, points: int, repeats: int) -> dict[str, object]:
+    f = scalar_mlp()
+    eager = hodfunc.derivatives(f, order, method="taylor")
+    compiled = hodfunc.derivatives(f, order, method="compiled")
+    if points == 1:
+        x = torch.tensor(0.3)
+        fns: dict[str, Callable[[], object]] = {
+            "eager": lambda: eager(x),
+            "compiled": lambda: compiled(x),
+        }
+    else:
+        xs = torch.linspace(-1, 1, points)
+        fns = {
+            "eager": lambda: torch.func.vmap(eager)(xs),
+            "compiled": lambda: torch.func.vmap(compiled)(xs),
+        }
+    row: dict[str, object] = {"case": f"mlp order {order}, {points} pt", "compile_s": 0.0}
+    row["compile_s"] = first_call(fns["compiled"])
+    row["max_rel_diff"] = relative(
+        torch.as_tensor(fns["compiled"]()), torch.as_tensor(fns["eager"]())
+    )
+    jax_run, why = jax_jet(order, points)
+    if jax_run is not None:
+        fns["jax jit(jet)"] = jax_run
+    else:
+        row["jax"] = why
+    row.update(interleaved_medians(fns, repeats=repeats))
+    return row
+
+
+def laplacian_case(points: int, repeats: int) -> dict[str, object]:
+    layers = laplacian_weights(LAPLACIAN_DIMS, torch.float32)
+
+    def f(x: Tensor) -> Tensor:
+        return tanh_mlp(layers, x)
+
+    X = laplacian_points(points, LAPLACIAN_DIMS[0])
+    eager = torch.func.vmap(hodfunc.laplacian(f, method="taylor"))
+    compiled = torch.func.vmap(hodfunc.laplacian(f, method="compiled"))
+    row: dict[str, object] = {
+        "case": f"laplacian {points} pt",
+        "compile_s": first_call(lambda: compiled(X)),
+    }
+    row["max_rel_diff"] = float((compiled(X) - eager(X)).abs().max() / eager(X).abs().max())
+    # the floor (REFERENCES.md): the two 256x256 layers' matmuls on all 50 directions per point
+    hidden = torch.randn(points * LAPLACIAN_DIMS[0], 256)
+    weight = torch.randn(256, 256)
+    fns: dict[str, Callable[[], object]] = {
+        "eager": lambda: eager(X),
+        "compiled": lambda: compiled(X),
+        "floor": lambda: (hidden @ weight, hidden @ weight),
+    }
+    row.update(interleaved_medians(fns, repeats))
+    return row
+
+
+def pinn_case(name: str, repeats: int) -> dict[str, object]:
+    case = bench_pinn.CASES[name]
+    net = bench_pinn.network(case.inputs, case.outputs, torch.float32)
+    X = bench_pinn.points(case, bench_pinn.POINTS, torch.float32)
+
+    def eager() -> tuple[Tensor, ...]:
+        with bench_pinn.hodfunc_method("taylor"):
+            return bench_pinn.hodfunc_step(case, net, X)
+
+    def compiled() -> tuple[Tensor, ...]:
+        with bench_pinn.hodfunc_method("compiled"):
+            return bench_pinn.hodfunc_step(case, net, X)
+
+    row: dict[str, object] = {"case": f"pinn step {name}", "compile_s": first_call(compiled)}
+    row["max_rel_diff"] = max(
+        float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
+        for a, b in zip(compiled(), eager(), strict=True)
+    )
+    row.update(interleaved_medians({"eager": eager, "compiled": compiled}, repeats=repeats))
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cases", default="mlp,batch,laplacian,pinn")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    repeats = 5 if args.quick else 11
+    cases = args.cases.split(",")
+    rows: list[dict[str, object]] = []
+    if "mlp" in cases:
+        rows += [mlp_case(k, 1, 5 * repeats) for k in (4, 8, 16)]
+    if "batch" in cases:
+        rows.append(mlp_case(8, 4096, repeats))
+    if "laplacian" in cases:
+        rows.append(laplacian_case(256, repeats))
+    if "pinn" in cases:
+        rows += [pinn_case(name, repeats) for name in bench_pinn.CASES]
+    print(f"torch {torch.__version__}, {args.threads} thread(s); medians of interleaved rounds")
+    lines = []
+    for row in rows:
+        eager, compiled = float(row["eager"]), float(row["compiled"])  # type: ignore[arg-type]
+        jax = row.get("jax jit(jet)")
+        floor = row.get("floor")
+        lines.append(
+            [
+                str(row["case"]),
+                f"{eager * 1e3:.3f}",
+                f"{compiled * 1e3:.3f}",
+                f"{eager / compiled:.2f}x",
+                f"{compiled / float(jax):.1f}x"
+                if isinstance(jax, float)
+                else str(row.get("jax", "-")),
+                f"{float(floor) / compiled:.0%}" if isinstance(floor, float) else "-",
+                f"{float(row['compile_s']):.1f}",  # type: ignore[arg-type]
+                f"{float(row['max_rel_diff']):.1e}",  # type: ignore[arg-type]
+            ]
+        )
+    print(
+        table(
+            [
+                "case",
+                "eager ms",
+                "compiled ms",
+                "eager/compiled",
+                "compiled/JAX",
+                "floor/compiled",
+                "compile s",
+                "rel diff",
+            ],
+            lines,
+        )
+    )
+    jet = "not importable (it needs Python >= 3.12): not run"
+    print(f"compilations: {_compiled.COMPILES[0]}; jet-for-pytorch: {jet}")
+    print(f"results: {write_json('bench_compile', rows)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Compiled Taylor programs (``method="compiled"``): a propagation emitted as one FX graph and
+handed to ``torch.compile`` (inductor: C++ on CPU, Triton on GPU).
+
+The interpreter is the code generator. ``_interpret.run`` is plain torch, so running it once under
+``make_fx`` on fake tensors records the propagated program (the recurrences, the products, the
+matmuls on every coefficient) as ATen ops, with none of the interpreter's Python left: no rule
+lookup, no ``Jet`` objects, no slot bookkeeping. Inductor then fuses the elementwise recurrences
+into a few loops. The program's output is its coefficient tensor, or its value where it does not
+depend on the input.
+
+One graph per cache entry, compiled on its first call: the entry is keyed by the algebra, the
+rows the caller reads, and the shape, dtype, device and ``requires_grad`` of every input (the
+weights included), next to the trace it came from (a ``Program`` is cached by everything the
+function reads, ``_trace``), so a changed closure or module state gets a new trace and a new
+graph, never a stale one. ``COMPILES`` counts compilations and ``compile_seconds`` reports how
+long the first call of each took.
+
+A compiled graph is called on plain tensors only. Where the propagation runs under a
+``torch.func`` transform (the per-point path of ``grad`` or ``jacrev`` of a transform) or is
+itself being traced (inside ``torch.compile``, where the surrounding graph is compiled as a whole),
+the same program runs eagerly; the answer is the same either way.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+from torch import Tensor
+
+from .._functorch import outside_functorch, tracing, transformed
+from ._algebra import Algebra, Collapsed, Multivariate, Univariate
+from ._interpret import run
+from ._operators import Quadratic
+from ._rules import Context, Jet
+from ._series import EMITTING
+from ._trace import Program
+
+__all__ = ["COMPILES", "clear", "compile_seconds", "compiles", "propagate"]
+
+COMPILES = [0]
+"""How many propagations this process compiled (a one-element list so tests can read it)."""
+_SECONDS: list[float] = []
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One compiled propagation: the graph, its compiled form, and what its trace learned."""
+
+    graph: torch.fx.GraphModule
+    compiled: Callable[..., Tensor]
+    jet: bool
+    """Whether the output depends on the input (a coefficient tensor, not a plain value)."""
+    reached: frozenset[str]
+    """The piecewise-linear ops on the output's path (for the ``PiecewiseLinearWarning``)."""
+
+
+_ENTRIES: weakref.WeakKeyDictionary[Program, dict[Hashable, _Entry]] = weakref.WeakKeyDictionary()
+
+
+def _algebra_key(algebra: Algebra) -> Hashable | None:
+    """What the emitted graph depends on in ``algebra``; ``None`` for an algebra that holds
+    tensors (a ``Quadratic`` form), which is not compiled: its values would be baked in."""
+    if isinstance(algebra, Quadratic):
+        return None
+    if isinstance(algebra, Univariate):
+        return ("univariate", algebra.order)
+    if isinstance(algebra, Multivariate):
+        return ("multivariate", algebra.monomials)
+    if isinstance(algebra, Collapsed):
+        return ("collapsed", algebra.n)
+    return None
+
+
+def _signature(t: Tensor) -> tuple[object, ...]:
+    return (tuple(t.shape), tuple(t.stride()), t.dtype, t.device, t.requires_grad)
+
+
+def compiles(inputs: Sequence[Tensor], seed: Jet | Tensor, algebra: Algebra) -> bool:
+    """Whether this propagation runs compiled: plain tensors only, outside any trace, and an
+    algebra without tensors of its own."""
+    if tracing() or _algebra_key(algebra) is None or not isinstance(seed, Jet):
+        return False
+    parts = seed.split or (seed.c,)
+    return not any(transformed(t) for t in (*inputs, *parts))
+
+
+def propagate(
+    program: Program,
+    inputs: Sequence[Tensor],
+    seed: Jet,
+    ctx: Context,
+    *,
+    first_orders: bool = True,
+) -> Jet | Tensor:
+    """``run(program, inputs, seed, ctx)`` by its compiled graph (``compiles`` must hold): the
+    output's jet, or its value where it does not depend on the input."""
+    parts = seed.split or (seed.c,)
+    key = (
+        _algebra_key(ctx.algebra),
+        first_orders,
+        seed.affine,
+        seed.split is not None,
+        seed.size,
+        torch.is_grad_enabled(),
+        tuple(_signature(t) for t in (*inputs, *parts)),
+    )
+    entries = _ENTRIES.setdefault(program, {})
+    entry = entries.get(key)
+    if entry is None:
+        entry = entries[key] = _emit(program, inputs, seed, ctx, first_orders=first_orders)
+        start = time.perf_counter()
+        with outside_functorch():
+            out = entry.compiled(*inputs, *parts)
+        COMPILES[0] += 1
+        _SECONDS.append(time.perf_counter() - start)
+    else:
+        with outside_functorch():
+            out = entry.compiled(*inputs, *parts)
+    ctx.reached = entry.reached
+    return Jet(out, entry.reached) if entry.jet else out
+
+
+def _emit(
+    program: Program, inputs: Sequence[Tensor], seed: Jet, ctx: Context, *, first_orders: bool
+) -> _Entry:
+    """Record ``run`` as ATen ops (``make_fx`` on fake tensors) and wrap it in ``torch.compile``."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    n = len(inputs)
+    split = seed.split is not None
+    learned = Context(ctx.algebra, ctx.api)
+    depends = [True]
+
+    def propagation(*flat: Tensor) -> Tensor:
+        parts = flat[n:]
+        jet = (
+            Jet(split=(parts[0], parts[1]), affine=seed.affine, size=seed.size)
+            if split
+            else Jet(parts[0], affine=seed.affine)
+        )
+        out = run(program, flat[:n], jet, learned, first_orders=first_orders)
+        if isinstance(out, Jet):
+            return out.c
+        depends[0] = False
+        return cast("Tensor", out)
+
+    parts = seed.split or (seed.c,)
+    emitting = EMITTING.set(True)
+    try:
+        with outside_functorch():
+            graph = make_fx(propagation, tracing_mode="fake", _allow_non_fake_inputs=True)(
+                *inputs, *parts
+            )
+    finally:
+        EMITTING.reset(emitting)
+    compiled = cast("Callable[..., Tensor]", torch.compile(graph, fullgraph=True, dynamic=False))
+    return _Entry(graph, compiled, depends[0], learned.reached)
+
+
+def compile_seconds() -> tuple[float, ...]:
+    """How long the first call of each compiled propagation took (tracing, inductor, running),
+    in the order they were compiled."""
+    return tuple(_SECONDS)
+
+
+def clear() -> None:
+    """Forget every compiled propagation (``hodfunc.clear_cache``)."""
+    _ENTRIES.clear()

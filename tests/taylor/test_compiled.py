@@ -1,0 +1,210 @@
+"""``method="compiled"``: the propagation as one compiled graph, and transforms inside
+``torch.compile(fullgraph=True)`` training steps.
+
+Oracles: eager Taylor mode (``method="taylor"``) on the same function, for values and for weight
+gradients (1e-6 relative in float32, 1e-12 in float64), and the uncompiled step for
+``torch.compile``. Compiling takes seconds, so CI keeps one test per kind; the wider sweep is
+marked ``compile_slow`` (``pytest -m compile_slow``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import hodfunc
+from hodfunc._taylor import _compiled
+
+F32, F64 = torch.float32, torch.float64
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
+)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo() -> None:
+    torch._dynamo.reset()
+
+
+def mlp(dtype: torch.dtype, width: int = 16) -> Callable[[Tensor], Tensor]:
+    g = torch.Generator().manual_seed(0)
+    w1 = torch.randn(width, 1, generator=g, dtype=dtype)
+    b1 = torch.randn(width, generator=g, dtype=dtype)
+    w2 = torch.randn(width, width, generator=g, dtype=dtype) / width**0.5
+    w3 = torch.randn(width, generator=g, dtype=dtype) / width**0.5
+
+    def f(x: Tensor) -> Tensor:
+        return w3 @ torch.tanh(w2 @ torch.tanh(w1 @ x.reshape(1) + b1))
+
+    return f
+
+
+def close(got: Tensor, want: Tensor, rtol: float) -> bool:
+    """Relative to the scale of each order (leading dim), as the benchmarks measure it."""
+    scale = want.abs().reshape(want.shape[0], -1).amax(1).clamp(min=1e-30)
+    err = (got - want).abs().reshape(want.shape[0], -1).amax(1)
+    return bool((err <= rtol * scale).all())
+
+
+def pinn_net(dtype: torch.dtype) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 1)
+    ).to(dtype)
+
+
+def residual_step(method: str) -> Callable[[nn.Module, Tensor], Tensor]:
+    """Burgers-like residual u_t + u u_x - 0.01 u_xx from ``partials``, then its mean square."""
+    parts = hodfunc.partials(
+        lambda net, z: net(z).squeeze(-1),
+        {"u": (), "t": (0,), "x": (1,), "xx": (1, 1)},
+        argnums=1,
+        method=method,  # type: ignore[arg-type]
+    )
+
+    def step(net: nn.Module, z: Tensor) -> Tensor:
+        p = torch.func.vmap(parts, in_dims=(None, 0))(net, z)
+        return (p["t"] + p["u"] * p["x"] - 0.01 * p["xx"]).square().mean()
+
+    return step
+
+
+@pytest.mark.parametrize(("dtype", "rtol"), [(F32, 1e-6), (F64, 1e-12)])
+def test_derivatives_equal_eager_taylor_mode_at_a_point_and_on_a_batch(
+    dtype: torch.dtype, rtol: float
+) -> None:
+    f = mlp(dtype)
+    eager = hodfunc.derivatives(f, 8, method="taylor")
+    compiled = hodfunc.derivatives(f, 8, method="compiled")
+    x = torch.tensor(0.3, dtype=dtype)
+    xs = torch.linspace(-1, 1, 64, dtype=dtype)
+    before = _compiled.COMPILES[0]
+    assert close(compiled(x), eager(x), rtol)
+    assert close(torch.func.vmap(compiled)(xs).T, torch.func.vmap(eager)(xs).T, rtol)
+    assert _compiled.COMPILES[0] == before + 2  # one graph per entry: the point, the batch
+    compiled(2 * x)
+    torch.func.vmap(compiled)(-xs)
+    assert _compiled.COMPILES[0] == before + 2  # same signatures: no new compilation
+
+
+def test_weight_gradients_of_a_pinn_loss_equal_eager_taylor_mode() -> None:
+    net = pinn_net(F64)
+    z = torch.randn(32, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
+    want = residual_step("taylor")(net, z)
+    want_grads = torch.autograd.grad(want, list(net.parameters()), allow_unused=True)
+    got = residual_step("compiled")(net, z)
+    got_grads = torch.autograd.grad(got, list(net.parameters()), allow_unused=True)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        if w is None:
+            assert g is None
+        else:
+            assert g is not None
+            torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-15)
+
+
+def test_a_fullgraph_compiled_training_step_equals_the_eager_step() -> None:
+    """The user's whole step under torch.compile(fullgraph=True): the loss from partials, its
+    backward and an SGD update, against the same step run eagerly on a copy of the network."""
+    eager_net, compiled_net = pinn_net(F64), pinn_net(F64)
+    z = torch.randn(32, 2, dtype=F64, generator=torch.Generator().manual_seed(2))
+    loss_of = residual_step("compiled")
+
+    def train(net: nn.Module, z: Tensor) -> Tensor:
+        loss = loss_of(net, z)
+        grads = torch.autograd.grad(loss, list(net.parameters())[:-1])
+        with torch.no_grad():
+            for p, g in zip(list(net.parameters())[:-1], grads, strict=True):
+                p.sub_(0.1 * g)
+        return loss.detach()
+
+    step = torch.compile(train, fullgraph=True)
+    with torch._dynamo.config.patch(trace_autograd_ops=True):  # torch's flag for autograd.grad
+        for _ in range(2):
+            torch.testing.assert_close(
+                step(compiled_net, z), train(eager_net, z), rtol=1e-12, atol=0
+            )
+    for a, b in zip(compiled_net.parameters(), eager_net.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_a_changed_closure_value_gets_a_new_graph_not_a_stale_one() -> None:
+    box = {"k": 2.0}
+
+    def f(x: Tensor) -> Tensor:
+        return torch.sin(box["k"] * x)
+
+    d2 = hodfunc.derivative(f, order=2, method="compiled")
+    x = torch.tensor(0.4, dtype=F64)
+    torch.testing.assert_close(d2(x), -4 * torch.sin(2 * x), rtol=1e-12, atol=0)
+    box["k"] = 3.0
+    torch.testing.assert_close(d2(x), -9 * torch.sin(3 * x), rtol=1e-12, atol=0)
+
+
+def test_under_grad_the_same_program_runs_eagerly_and_agrees() -> None:
+    """Per point under torch.func.grad the tensors are functorch-wrapped: no compiled graph can
+    take them, so the program runs eagerly (nothing is compiled), with the same answer."""
+    w = torch.tensor(1.3, dtype=F64)
+    d3 = hodfunc.derivative(lambda w, x: torch.tanh(w * x), order=3, argnums=1, method="compiled")
+    eager = hodfunc.derivative(lambda w, x: torch.tanh(w * x), order=3, argnums=1, method="taylor")
+    x = torch.tensor(0.2, dtype=F64)
+    before = _compiled.COMPILES[0]
+    got = torch.func.grad(d3)(w, x)
+    assert _compiled.COMPILES[0] == before
+    torch.testing.assert_close(got, torch.func.grad(eager)(w, x), rtol=1e-12, atol=0)
+
+
+def test_inside_fullgraph_a_tensor_reached_through_a_closure_is_refused() -> None:
+    """Its gradient would be lost; torch.compile reports the call as unsupported instead of
+    giving a wrong answer (pass the module as an argument: the test above)."""
+    net = pinn_net(F64)
+    lap = hodfunc.laplacian(lambda z: net(z).squeeze(-1), method="compiled")
+    z = torch.randn(8, 2, dtype=F64)
+    with pytest.raises(torch._dynamo.exc.Unsupported):
+        torch.compile(lambda z: torch.func.vmap(lap)(z).sum(), fullgraph=True)(z)
+
+
+@pytest.mark.compile_slow
+@pytest.mark.parametrize("order", [2, 4, 16])
+@pytest.mark.parametrize(("dtype", "rtol"), [(F32, 1e-6), (F64, 1e-12)])
+def test_sweep_orders_and_dtypes(order: int, dtype: torch.dtype, rtol: float) -> None:
+    f = mlp(dtype, width=32)
+    xs = torch.linspace(-1, 1, 512, dtype=dtype)
+    want = torch.func.vmap(hodfunc.derivatives(f, order, method="taylor"))(xs).T
+    got = torch.func.vmap(hodfunc.derivatives(f, order, method="compiled"))(xs).T
+    assert close(got, want, rtol)
+
+
+@pytest.mark.compile_slow
+@pytest.mark.parametrize(("dtype", "rtol"), [(F32, 1e-6), (F64, 1e-12)])
+def test_laplacian_and_mixed_partials_equal_eager(dtype: torch.dtype, rtol: float) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 32), nn.Tanh(), nn.Linear(32, 1)).to(dtype)
+
+    def u(z: Tensor) -> Tensor:
+        return net(z).squeeze(-1)
+
+    z = torch.randn(64, 5, dtype=dtype)
+    for op in (
+        lambda m: hodfunc.laplacian(u, method=m),
+        lambda m: hodfunc.partial(u, (0, 1, 1), method=m),
+    ):
+        want = torch.func.vmap(op("taylor"))(z)
+        got = torch.func.vmap(op("compiled"))(z)
+        torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * float(want.abs().max()))
+
+
+@pytest.mark.compile_slow
+def test_float32_weight_gradients_equal_eager() -> None:
+    net = pinn_net(F32)
+    z = torch.randn(64, 2, generator=torch.Generator().manual_seed(3))
+    want = residual_step("taylor")(net, z)
+    wg = torch.autograd.grad(want, list(net.parameters())[:-1])
+    got = residual_step("compiled")(net, z)
+    gg = torch.autograd.grad(got, list(net.parameters())[:-1])
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    for g, w in zip(gg, wg, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6 * float(w.abs().max()))
