@@ -37,8 +37,8 @@ WIDTH = 64
 LAPLACIAN_DIMS = [50, 256, 256, 256, 1]
 
 
-def scalar_mlp() -> Callable[[Tensor], Tensor]:
-    w1, b1, w2, b2, w3 = mlp_weights(WIDTH, torch.float32)
+def scalar_mlp(dtype: torch.dtype = torch.float32) -> Callable[[Tensor], Tensor]:
+    w1, b1, w2, b2, w3 = mlp_weights(WIDTH, dtype)
 
     def f(x: Tensor) -> Tensor:
         return w3 @ torch.tanh(w2 @ torch.tanh(w1 @ x.reshape(1) + b1) + b2)
@@ -102,9 +102,16 @@ def mlp_case(order: int, points: int, repeats: int) -> dict[str, object]:
         }
     row: dict[str, object] = {"case": f"mlp order {order}, {points} pt", "compile_s": 0.0}
     row["compile_s"] = first_call(fns["compiled"])
-    row["max_rel_diff"] = relative(
-        torch.as_tensor(fns["compiled"]()), torch.as_tensor(fns["eager"]())
-    )
+    got, want = torch.as_tensor(fns["compiled"]()), torch.as_tensor(fns["eager"]())
+    row["max_rel_diff"] = relative(got, want)
+    # both against float64 eager: a float32 difference is rounding where they err alike
+    exact = hodfunc.derivatives(scalar_mlp(torch.float64), order, method="taylor")
+    if points == 1:
+        truth = exact(torch.tensor(0.3, dtype=torch.float64))
+    else:
+        truth = torch.func.vmap(exact)(torch.linspace(-1, 1, points, dtype=torch.float64))
+    row["eager_vs_float64"] = relative(want.double(), truth)
+    row["compiled_vs_float64"] = relative(got.double(), truth)
     jax_run, why = jax_jet(order, points)
     if jax_run is not None:
         fns["jax jit(jet)"] = jax_run
@@ -162,11 +169,19 @@ def pinn_case(name: str, repeats: int) -> dict[str, object]:
     return row
 
 
+def _errors(row: dict[str, object]) -> str:
+    if "eager_vs_float64" not in row:
+        return "-"
+    eager, compiled = row["eager_vs_float64"], row["compiled_vs_float64"]
+    return f"{float(eager):.1e}, {float(compiled):.1e}"  # type: ignore[arg-type]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cases", default="mlp,batch,laplacian,pinn")
+    parser.add_argument("--pinn", default=",".join(bench_pinn.CASES), help="PINN case names")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeats = 5 if args.quick else 11
@@ -179,7 +194,7 @@ def main() -> None:
     if "laplacian" in cases:
         rows.append(laplacian_case(256, repeats))
     if "pinn" in cases:
-        rows += [pinn_case(name, repeats) for name in bench_pinn.CASES]
+        rows += [pinn_case(name, repeats) for name in args.pinn.split(",")]
     print(f"torch {torch.__version__}, {args.threads} thread(s); medians of interleaved rounds")
     lines = []
     for row in rows:
@@ -198,6 +213,7 @@ def main() -> None:
                 f"{float(floor) / compiled:.0%}" if isinstance(floor, float) else "-",
                 f"{float(row['compile_s']):.1f}",  # type: ignore[arg-type]
                 f"{float(row['max_rel_diff']):.1e}",  # type: ignore[arg-type]
+                _errors(row),
             ]
         )
     print(
@@ -211,6 +227,7 @@ def main() -> None:
                 "floor/compiled",
                 "compile s",
                 "rel diff",
+                "vs float64: eager, compiled",
             ],
             lines,
         )
