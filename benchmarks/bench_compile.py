@@ -165,15 +165,44 @@ def pinn_case(name: str, repeats: int) -> dict[str, object]:
         float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
         for a, b in zip(compiled(), eager(), strict=True)
     )
-    row.update(interleaved_medians({"eager": eager, "compiled": compiled}, repeats=repeats))
+    fns: dict[str, Callable[[], object]] = {
+        "eager": eager,
+        "compiled": compiled,
+        "create_graph": lambda: bench_pinn.create_graph_step(case, net, X),
+    }
+    row.update(interleaved_medians(fns, repeats=repeats))
     return row
 
 
-def _errors(row: dict[str, object]) -> str:
-    if "eager_vs_float64" not in row:
-        return "-"
-    eager, compiled = row["eager_vs_float64"], row["compiled_vs_float64"]
-    return f"{float(eager):.1e}, {float(compiled):.1e}"  # type: ignore[arg-type]
+def _number(row: dict[str, object], key: str) -> float | None:
+    value = row.get(key)
+    return value if isinstance(value, float) else None
+
+
+def _line(row: dict[str, object]) -> list[str]:
+    """One table row: times in ms, ratios against compiled, compile time, differences."""
+    eager, compiled = _number(row, "eager"), _number(row, "compiled")
+    assert eager is not None
+    assert compiled is not None
+
+    def over(key: str, fmt: str) -> str:
+        value = _number(row, key)
+        return "-" if value is None else format(value / compiled, fmt)
+
+    jax = _number(row, "jax jit(jet)")
+    errors = [_number(row, "eager_vs_float64"), _number(row, "compiled_vs_float64")]
+    return [
+        str(row["case"]),
+        f"{eager * 1e3:.3f}",
+        f"{compiled * 1e3:.3f}",
+        f"{eager / compiled:.2f}x",
+        f"{compiled / jax:.1f}x" if jax is not None else str(row.get("jax", "-")),
+        over("floor", ".0%"),
+        over("create_graph", ".2f"),
+        f"{_number(row, 'compile_s') or 0.0:.1f}",
+        f"{_number(row, 'max_rel_diff') or 0.0:.1e}",
+        "-" if None in errors else ", ".join(f"{e:.1e}" for e in errors if e is not None),
+    ]
 
 
 def main() -> None:
@@ -196,26 +225,7 @@ def main() -> None:
     if "pinn" in cases:
         rows += [pinn_case(name, repeats) for name in args.pinn.split(",")]
     print(f"torch {torch.__version__}, {args.threads} thread(s); medians of interleaved rounds")
-    lines = []
-    for row in rows:
-        eager, compiled = float(row["eager"]), float(row["compiled"])  # type: ignore[arg-type]
-        jax = row.get("jax jit(jet)")
-        floor = row.get("floor")
-        lines.append(
-            [
-                str(row["case"]),
-                f"{eager * 1e3:.3f}",
-                f"{compiled * 1e3:.3f}",
-                f"{eager / compiled:.2f}x",
-                f"{compiled / float(jax):.1f}x"
-                if isinstance(jax, float)
-                else str(row.get("jax", "-")),
-                f"{float(floor) / compiled:.0%}" if isinstance(floor, float) else "-",
-                f"{float(row['compile_s']):.1f}",  # type: ignore[arg-type]
-                f"{float(row['max_rel_diff']):.1e}",  # type: ignore[arg-type]
-                _errors(row),
-            ]
-        )
+    lines = [_line(row) for row in rows]
     print(
         table(
             [
@@ -225,6 +235,7 @@ def main() -> None:
                 "eager/compiled",
                 "compiled/JAX",
                 "floor/compiled",
+                "create_graph/compiled",
                 "compile s",
                 "rel diff",
                 "vs float64: eager, compiled",

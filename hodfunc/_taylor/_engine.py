@@ -112,13 +112,18 @@ def _eager(method: Callable[..., R]) -> Callable[..., R]:
     return cast("Callable[..., R]", run)
 
 
+_DYNAMO_COMPILING = getattr(torch.compiler, "is_dynamo_compiling", torch.compiler.is_compiling)
+"""Whether Dynamo is tracing (not AOTAutograd running a ``nonstrict_trace`` call; torch < 2.4
+has only ``is_compiling``)."""
+
+
 def _not_compiling(api: str) -> None:
     """Refuse to be traced by Dynamo: Taylor mode traces and interprets the function itself
     (``make_fx``, functorch queries), which Dynamo cannot follow. Without ``fullgraph=True`` the
     raise is a graph break and the call runs eagerly at full speed; with it, the error names the
     way out. (``method="compiled"`` transforms are not traced by Dynamo at all: their calls enter
     the graph whole, ``_transforms._engines.entry``.)"""
-    if torch.compiler.is_dynamo_compiling():
+    if _DYNAMO_COMPILING():
         raise CompileError(  # no custom __init__: Dynamo must be able to trace the raise
             message(
                 api,

@@ -51,4 +51,8 @@ def entry(method: Method, transformed: Callable[P, R]) -> Callable[P, R]:
         return transformed
     import torch._dynamo
 
-    return torch._dynamo.nonstrict_trace(transformed)
+    mark = getattr(torch._dynamo, "nonstrict_trace", None)
+    if mark is None:  # an older torch: Dynamo then meets the engine's CompileError, with the fix
+        return transformed
+    marked: Callable[P, R] = mark(transformed)
+    return marked

@@ -9,6 +9,8 @@ marked ``compile_slow`` (``pytest -m compile_slow``).
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Callable
 
 import pytest
@@ -16,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 import hodfunc
+from hodfunc import Method
 from hodfunc._taylor import _compiled
 
 F32, F64 = torch.float32, torch.float64
@@ -30,23 +33,38 @@ def _fresh_dynamo() -> None:
 
 
 def mlp(dtype: torch.dtype, width: int = 16) -> Callable[[Tensor], Tensor]:
+    """The same float32 weights in either dtype (float64: the exact reference of float32)."""
     g = torch.Generator().manual_seed(0)
-    w1 = torch.randn(width, 1, generator=g, dtype=dtype)
-    b1 = torch.randn(width, generator=g, dtype=dtype)
-    w2 = torch.randn(width, width, generator=g, dtype=dtype) / width**0.5
-    w3 = torch.randn(width, generator=g, dtype=dtype) / width**0.5
+    w1, b1 = torch.randn(width, 1, generator=g).to(dtype), torch.randn(width, generator=g).to(dtype)
+    w2 = (torch.randn(width, width, generator=g) / width**0.5).to(dtype)
+    w3 = (torch.randn(width, generator=g) / width**0.5).to(dtype)
 
     def f(x: Tensor) -> Tensor:
-        return w3 @ torch.tanh(w2 @ torch.tanh(w1 @ x.reshape(1) + b1))
+        out: Tensor = w3 @ torch.tanh(w2 @ torch.tanh(w1 @ x.reshape(1) + b1))
+        return out
 
     return f
 
 
-def close(got: Tensor, want: Tensor, rtol: float) -> bool:
-    """Relative to the scale of each order (leading dim), as the benchmarks measure it."""
+def errors(got: Tensor, want: Tensor) -> Tensor:
+    """Per order (leading dim): the largest difference relative to that order's scale, as the
+    benchmarks measure it."""
+    want = want.double()
     scale = want.abs().reshape(want.shape[0], -1).amax(1).clamp(min=1e-30)
-    err = (got - want).abs().reshape(want.shape[0], -1).amax(1)
-    return bool((err <= rtol * scale).all())
+    return (got.double() - want).abs().reshape(want.shape[0], -1).amax(1) / scale
+
+
+def close(got: Tensor, want: Tensor, rtol: float) -> bool:
+    return bool((errors(got, want) <= rtol).all())
+
+
+def as_accurate(got: Tensor, eager: Tensor, exact: Tensor) -> bool:
+    """float32 against float64 on the same weights: the compiled answer errs no more than eager
+    Taylor mode does (x2), or agrees with eager to 1e-6. At high order the float32 rounding of
+    the recurrences is itself above 1e-6, and any reordering of a sum (inductor's fused loops)
+    shows it, so equality to eager alone cannot be asked there."""
+    bound = torch.maximum(2 * errors(eager, exact), torch.tensor(1e-6, dtype=torch.float64))
+    return bool((errors(got, exact) <= bound).all()) or close(got, eager, 1e-6)
 
 
 def pinn_net(dtype: torch.dtype) -> nn.Module:
@@ -56,14 +74,15 @@ def pinn_net(dtype: torch.dtype) -> nn.Module:
     ).to(dtype)
 
 
-def residual_step(method: str) -> Callable[[nn.Module, Tensor], Tensor]:
+def u_of(net: nn.Module, z: Tensor) -> Tensor:
+    out: Tensor = net(z).squeeze(-1)
+    return out
+
+
+def residual_step(method: Method) -> Callable[[nn.Module, Tensor], Tensor]:
     """Burgers-like residual u_t + u u_x - 0.01 u_xx from ``partials``, then its mean square."""
-    parts = hodfunc.partials(
-        lambda net, z: net(z).squeeze(-1),
-        {"u": (), "t": (0,), "x": (1,), "xx": (1, 1)},
-        argnums=1,
-        method=method,  # type: ignore[arg-type]
-    )
+    terms = {"u": (), "t": (0,), "x": (1,), "xx": (1, 1)}
+    parts = hodfunc.partials(u_of, terms, argnums=1, method=method)
 
     def step(net: nn.Module, z: Tensor) -> Tensor:
         p = torch.func.vmap(parts, in_dims=(None, 0))(net, z)
@@ -94,16 +113,12 @@ def test_weight_gradients_of_a_pinn_loss_equal_eager_taylor_mode() -> None:
     net = pinn_net(F64)
     z = torch.randn(32, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
     want = residual_step("taylor")(net, z)
-    want_grads = torch.autograd.grad(want, list(net.parameters()), allow_unused=True)
+    want_grads = torch.autograd.grad(want, list(net.parameters()), materialize_grads=True)
     got = residual_step("compiled")(net, z)
-    got_grads = torch.autograd.grad(got, list(net.parameters()), allow_unused=True)
+    got_grads = torch.autograd.grad(got, list(net.parameters()), materialize_grads=True)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
     for g, w in zip(got_grads, want_grads, strict=True):
-        if w is None:
-            assert g is None
-        else:
-            assert g is not None
-            torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-15)
 
 
 def test_a_fullgraph_compiled_training_step_equals_the_eager_step() -> None:
@@ -175,26 +190,32 @@ def test_sweep_orders_and_dtypes(order: int, dtype: torch.dtype, rtol: float) ->
     xs = torch.linspace(-1, 1, 512, dtype=dtype)
     want = torch.func.vmap(hodfunc.derivatives(f, order, method="taylor"))(xs).T
     got = torch.func.vmap(hodfunc.derivatives(f, order, method="compiled"))(xs).T
-    assert close(got, want, rtol)
+    if dtype == F64:
+        assert close(got, want, rtol)
+    else:
+        exact = hodfunc.derivatives(mlp(F64, width=32), order, method="taylor")
+        assert as_accurate(got, want, torch.func.vmap(exact)(xs.double()).T)
 
 
 @pytest.mark.compile_slow
 @pytest.mark.parametrize(("dtype", "rtol"), [(F32, 1e-6), (F64, 1e-12)])
 def test_laplacian_and_mixed_partials_equal_eager(dtype: torch.dtype, rtol: float) -> None:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(5, 32), nn.Tanh(), nn.Linear(32, 1)).to(dtype)
-
-    def u(z: Tensor) -> Tensor:
-        return net(z).squeeze(-1)
-
-    z = torch.randn(64, 5, dtype=dtype)
-    for op in (
-        lambda m: hodfunc.laplacian(u, method=m),
-        lambda m: hodfunc.partial(u, (0, 1, 1), method=m),
-    ):
-        want = torch.func.vmap(op("taylor"))(z)
-        got = torch.func.vmap(op("compiled"))(z)
-        torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * float(want.abs().max()))
+    net32 = nn.Sequential(nn.Linear(5, 32), nn.Tanh(), nn.Linear(32, 1))
+    net, exact_net = net32.to(dtype), copy.deepcopy(net32).double()
+    z = torch.randn(64, 5).to(dtype)
+    ops: list[Callable[[nn.Module, Method], Callable[[Tensor], Tensor]]] = [
+        lambda n, m: hodfunc.laplacian(functools.partial(u_of, n), method=m),
+        lambda n, m: hodfunc.partial(functools.partial(u_of, n), (0, 1, 1), method=m),
+    ]
+    for op in ops:
+        want = torch.func.vmap(op(net, "taylor"))(z).unsqueeze(0)
+        got = torch.func.vmap(op(net, "compiled"))(z).unsqueeze(0)
+        if dtype == F64:
+            assert close(got, want, rtol)
+        else:
+            exact = torch.func.vmap(op(exact_net, "taylor"))(z.double()).unsqueeze(0)
+            assert as_accurate(got, want, exact)
 
 
 @pytest.mark.compile_slow
@@ -205,6 +226,32 @@ def test_float32_weight_gradients_equal_eager() -> None:
     wg = torch.autograd.grad(want, list(net.parameters())[:-1])
     got = residual_step("compiled")(net, z)
     gg = torch.autograd.grad(got, list(net.parameters())[:-1])
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
-    for g, w in zip(gg, wg, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6 * float(w.abs().max()))
+    exact_net = copy.deepcopy(net).double()
+    exact = residual_step("taylor")(exact_net, z.double())
+    eg = torch.autograd.grad(exact, list(exact_net.parameters())[:-1])
+    assert as_accurate(got.reshape(1), want.reshape(1), exact.reshape(1))
+    for g, w, e in zip(gg, wg, eg, strict=True):
+        assert as_accurate(g.reshape(1, -1), w.reshape(1, -1), e.reshape(1, -1))
+
+
+def test_a_compiled_call_changes_nothing_the_caller_owns() -> None:
+    net = pinn_net(F64)
+    net.train()
+    for p in net.parameters():
+        p.grad = torch.ones_like(p)
+    z = torch.randn(16, 2, dtype=F64, generator=torch.Generator().manual_seed(4))
+    z.requires_grad_(True)
+    before = [(p.detach().clone(), p._version, torch.ones_like(p)) for p in net.parameters()]
+    versions, rng = z._version, torch.get_rng_state()
+    residual_step("compiled")(net, z)
+    for p, (value, version, grad) in zip(net.parameters(), before, strict=True):
+        assert torch.equal(p, value)
+        assert p._version == version
+        assert p.requires_grad
+        assert p.grad is not None
+        assert torch.equal(p.grad, grad)
+    assert z._version == versions
+    assert z.requires_grad
+    assert z.grad is None
+    assert net.training
+    assert torch.equal(torch.get_rng_state(), rng)
