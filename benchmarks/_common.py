@@ -135,6 +135,14 @@ def laplacian_points(points: int, dim: int) -> Tensor:
     return torch.randn(points, dim, generator=torch.Generator().manual_seed(2))
 
 
+def matmul_floor(points: int, dim: int) -> Callable[[], object]:
+    """The Laplacian benchmark's floor (REFERENCES.md): the matmuls of its two 256x256 layers on
+    all ``dim`` directions of ``points`` points, as a call to time beside the methods."""
+    hidden = torch.randn(points * dim, 256)
+    weight = torch.randn(256, 256)
+    return lambda: (hidden @ weight, hidden @ weight)
+
+
 def jet_laplacian(
     laplacian: Callable[..., Callable[[Tensor], Tensor]], dims: list[int]
 ) -> Callable[[Tensor], Tensor]:
