@@ -72,7 +72,9 @@ class PiecewiseLinearWarning(HodfuncWarning):
 
 
 class FallbackWarning(HodfuncWarning):
-    """``method="auto"`` fell back from a fast method to nested torch.func."""
+    """``method="auto"`` fell back from a fast method to nested torch.func, or
+    ``method="compiled"`` ran a program eagerly that torch.compile could not compile (the same
+    program: the same results)."""
 
 
 class BatchWarning(HodfuncWarning):

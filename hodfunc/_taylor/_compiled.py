@@ -18,7 +18,10 @@ long the first call of each took.
 A compiled graph is called on plain tensors only. Where the propagation runs under a
 ``torch.func`` transform (the per-point path of ``grad`` or ``jacrev`` of a transform) or is
 itself being traced (inside ``torch.compile``, where the surrounding graph is compiled as a whole),
-the same program runs eagerly; the answer is the same either way.
+the same program runs eagerly; the answer is the same either way. So it does where the trace
+itself is not cached (a ``CacheWarning``: compiling a fresh trace on every call would cost
+seconds each), and where torch.compile fails on a program (``CompileFailed``: the engine warns
+once with a ``FallbackWarning`` and the entry is not compiled again).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import cast
 import torch
 from torch import Tensor
 
+from .._errors import HodfuncError
 from .._functorch import outside_functorch, tracing, transformed
 from ._algebra import Algebra, Collapsed, Multivariate, Univariate
 from ._interpret import run
@@ -40,11 +44,20 @@ from ._rules import Context, Jet
 from ._series import EMITTING
 from ._trace import Program
 
-__all__ = ["COMPILES", "clear", "compile_seconds", "compiles", "propagate"]
+__all__ = ["COMPILES", "CompileFailed", "clear", "compile_seconds", "compiles", "propagate"]
 
 COMPILES = [0]
 """How many propagations this process compiled (a one-element list so tests can read it)."""
 _SECONDS: list[float] = []
+
+
+class CompileFailed(Exception):  # noqa: N818  (a signal between two modules, never raised to users)
+    """torch.compile failed on an emitted program (an inductor error); ``reason`` is its first
+    line. The entry stays marked, so later calls run the program eagerly without retrying."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -59,7 +72,14 @@ class _Entry:
     """The piecewise-linear ops on the output's path (for the ``PiecewiseLinearWarning``)."""
 
 
-_ENTRIES: weakref.WeakKeyDictionary[Program, dict[Hashable, _Entry]] = weakref.WeakKeyDictionary()
+_ENTRIES: weakref.WeakKeyDictionary[Program, dict[Hashable, _Entry | CompileFailed]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[0][:200] if lines else "(no message)"
 
 
 def _algebra_key(algebra: Algebra) -> Hashable | None:
@@ -111,11 +131,21 @@ def propagate(
     )
     entries = _ENTRIES.setdefault(program, {})
     entry = entries.get(key)
+    if isinstance(entry, CompileFailed):
+        raise entry
     if entry is None:
-        entry = entries[key] = _emit(program, inputs, seed, ctx, first_orders=first_orders)
         start = time.perf_counter()
-        with outside_functorch():
-            out = entry.compiled(*inputs, *parts)
+        try:
+            entry = _emit(program, inputs, seed, ctx, first_orders=first_orders)
+            with outside_functorch():
+                out = entry.compiled(*inputs, *parts)
+        except Exception as error:
+            if isinstance(error, HodfuncError):
+                raise
+            failed = CompileFailed(f"{type(error).__name__}: {_first_line(error)}")
+            entries[key] = failed
+            raise failed from error
+        entries[key] = entry
         COMPILES[0] += 1
         _SECONDS.append(time.perf_counter() - start)
     else:

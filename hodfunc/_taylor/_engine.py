@@ -502,13 +502,40 @@ class CompiledEngine(TaylorEngine):
 
     COLLAPSED_WHOLE_BATCH = True
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._warned_compile = False
+
     def _run(
         self, bound: Bound, seed: Jet | Tensor, ctx: Context, *, first_orders: bool = True
     ) -> object:
-        if not isinstance(seed, Jet) or not _compiled.compiles(bound.inputs, seed, ctx.algebra):
+        # a program traced for this call alone (CacheWarning) would be compiled on every call
+        eager = not bound.cached or not isinstance(seed, Jet)
+        if eager or not _compiled.compiles(bound.inputs, seed, ctx.algebra):
             return super()._run(bound, seed, ctx, first_orders=first_orders)
-        return _compiled.propagate(
-            bound.program, bound.inputs, seed, ctx, first_orders=first_orders
+        assert isinstance(seed, Jet)
+        try:
+            return _compiled.propagate(
+                bound.program, bound.inputs, seed, ctx, first_orders=first_orders
+            )
+        except _compiled.CompileFailed as failed:
+            self._warn_compile(ctx.api, failed)
+            return super()._run(bound, seed, ctx, first_orders=first_orders)
+
+    def _warn_compile(self, api: str, failed: _compiled.CompileFailed) -> None:
+        if self._warned_compile:
+            return
+        self._warned_compile = True
+        warnings.warn(
+            message(
+                api,
+                'method="compiled" runs a propagation torch.compile cannot compile as the same '
+                "program, eagerly (the same results, at eager speed)",
+                failed.reason,
+                'Pass method="taylor" to silence this; the error is worth reporting to PyTorch.',
+            ),
+            FallbackWarning,
+            stacklevel=_range.user_stacklevel(),
         )
 
     def _bind(self, call: Call) -> Bound:

@@ -297,6 +297,8 @@ class Bound:
 
     program: Program
     inputs: tuple[Tensor, ...]
+    cached: bool = True
+    """Whether the program is in the cache (not traced afresh for this call alone)."""
 
 
 _TRACE_LOCK = threading.RLock()
@@ -389,7 +391,7 @@ class TraceCache:
                         programs.popitem(last=False)
             else:
                 programs.move_to_end(key)
-        return Bound(program, tensors + captured)
+        return Bound(program, tensors + captured, cached=not reached.uncacheable)
 
     @staticmethod
     def _trace(

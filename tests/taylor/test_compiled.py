@@ -9,8 +9,10 @@ marked ``compile_slow`` (``pytest -m compile_slow``).
 
 from __future__ import annotations
 
+import collections
 import copy
 import functools
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -255,3 +257,37 @@ def test_a_compiled_call_changes_nothing_the_caller_owns() -> None:
     assert z.grad is None
     assert net.training
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_a_function_traced_on_every_call_is_not_compiled_on_every_call() -> None:
+    """Where the trace cannot be cached (CacheWarning), the program runs eagerly: compiling a
+    fresh trace on every call would cost seconds each."""
+    window = collections.deque([2.0])  # unhashable, no attributes to walk
+    d2 = hodfunc.derivative(lambda x: torch.sin(window[0] * x), 2, method="compiled")
+    x = torch.tensor(0.4, dtype=F64)
+    before = _compiled.COMPILES[0]
+    with pytest.warns(hodfunc.CacheWarning):
+        torch.testing.assert_close(d2(x), -4 * torch.sin(2 * x), rtol=1e-12, atol=0)
+    window[0] = 3.0
+    torch.testing.assert_close(d2(x), -9 * torch.sin(3 * x), rtol=1e-12, atol=0)
+    assert _compiled.COMPILES[0] == before
+
+
+def test_a_program_inductor_cannot_compile_runs_eagerly_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: object, **kwargs: object) -> Callable[..., Tensor]:
+        def call(*inputs: object) -> Tensor:
+            raise RuntimeError("inductor: codegen failed\nmore")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    d3 = hodfunc.derivative(lambda x: torch.tanh(1.7 * x), 3, method="compiled")
+    want = hodfunc.derivative(lambda x: torch.tanh(1.7 * x), 3, method="taylor")
+    x = torch.tensor(0.3, dtype=F64)
+    with pytest.warns(hodfunc.FallbackWarning, match=r"RuntimeError: inductor: codegen failed"):
+        torch.testing.assert_close(d3(x), want(x), rtol=1e-12, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once, and no second attempt
+        torch.testing.assert_close(d3(2 * x), want(2 * x), rtol=1e-12, atol=0)
