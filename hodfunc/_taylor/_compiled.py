@@ -42,7 +42,7 @@ from ._interpret import run
 from ._operators import Quadratic
 from ._rules import Context, Jet
 from ._series import EMITTING
-from ._trace import Program
+from ._trace import TRACE_LOCK, Program
 
 __all__ = ["COMPILES", "CompileFailed", "clear", "compile_seconds", "compiles", "propagate"]
 
@@ -182,7 +182,7 @@ def _emit(
     parts = seed.split or (seed.c,)
     emitting = EMITTING.set(True)
     try:
-        with outside_functorch():
+        with TRACE_LOCK, outside_functorch():  # make_fx keeps global state
             graph = make_fx(propagation, tracing_mode="fake", _allow_non_fake_inputs=True)(
                 *inputs, *parts
             )

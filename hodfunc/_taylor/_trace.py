@@ -59,6 +59,7 @@ from ._rules import DECOMPOSE
 __all__ = [
     "SHARED",
     "TRACES",
+    "TRACE_LOCK",
     "Instruction",
     "Program",
     "Ref",
@@ -301,7 +302,7 @@ class Bound:
     """Whether the program is in the cache (not traced afresh for this call alone)."""
 
 
-_TRACE_LOCK = threading.RLock()
+TRACE_LOCK = threading.RLock()
 """Held while tracing and while a cache is read or written: ``make_fx`` keeps global state, so
 two threads must not trace at once (re-entrant: a Taylor transform may run inside a trace)."""
 
@@ -335,7 +336,7 @@ class TraceCache:
 
     def clear(self) -> None:
         """Forget every trace."""
-        with _TRACE_LOCK:
+        with TRACE_LOCK:
             self._programs.clear()
             self._batched.clear()
 
@@ -379,7 +380,7 @@ class TraceCache:
             tuple(argument.get(id(t), -1) for t in reached.tensors),
         )
         programs = self._batched if batched else self._programs
-        with _TRACE_LOCK:
+        with TRACE_LOCK:
             program = None if reached.uncacheable else programs.get(key)
             if program is None:
                 program = self._trace(
@@ -427,7 +428,7 @@ class TraceCache:
             return torch.func.vmap(point)(call_args[batch_argnum])
 
         TRACES[0] += 1
-        with _TRACE_LOCK, outside_functorch():
+        with TRACE_LOCK, outside_functorch():
             examples = [_example(cast("Tensor", leaves[i])) for i in tensor_pos]
             examples += [_example(c) for c in captured]
             try:
