@@ -84,9 +84,11 @@ def _first_line(error: BaseException) -> str:
 
 def _algebra_key(algebra: Algebra) -> Hashable | None:
     """What the emitted graph depends on in ``algebra``; ``None`` for an algebra that holds
-    tensors (a ``Quadratic`` form), which is not compiled: its values would be baked in."""
+    tensors (a ``Quadratic`` form given as a matrix or vector), which is not compiled: its values
+    would be baked in."""
     if isinstance(algebra, Quadratic):
-        return None
+        form = algebra.form
+        return None if isinstance(form, Tensor) else ("quadratic", algebra.n, form)
     if isinstance(algebra, Univariate):
         return ("univariate", algebra.order)
     if isinstance(algebra, Multivariate):

@@ -476,14 +476,18 @@ class TaylorEngine(Opaque):
     def collapsed(self, call: Call, directions: Tensor, form: Form, *, first: bool) -> Tensor:
         """One collapsed propagation over ``directions`` (``(n, *x.shape)``) in the algebra
         ``Quadratic(n, form)``: ``[f, sum_kl G_kl d^2 f[v_k, v_l], d f[v_1], ..., d f[v_n]]``
-        (the first orders only if ``first``). Per point, like ``laplacian``."""
+        (the first orders only if ``first``). Per point, like ``laplacian``
+        (``COLLAPSED_WHOLE_BATCH``: on the whole batch)."""
         _not_compiling(call.api)
-        bound = self._bind(call)
         n = directions.shape[0]
         ctx = Context(Quadratic(n, form), call.api)
         tail = torch.cat([torch.zeros_like(directions[:1]), directions.to(call.x.dtype)])
-        out = self._run(bound, _seed(call.x, tail, ctx), ctx, first_orders=first)
-        coefficients = _coefficients_of(call, out, ctx)
+        if self.COLLAPSED_WHOLE_BATCH:
+            coefficients = self._propagate(call, None, tail, ctx, first_orders=first)
+        else:
+            bound = self._bind(call)
+            out = self._run(bound, _seed(call.x, tail, ctx), ctx, first_orders=first)
+            coefficients = _coefficients_of(call, out, ctx)
         self._warn(call.api, ctx, 2)
         value, second, rest = torch.split(coefficients, [1, 1, coefficients.shape[0] - 2])
         parts = [value, 2 * second, rest] if first else [value, 2 * second]

@@ -291,3 +291,22 @@ def test_a_program_inductor_cannot_compile_runs_eagerly_with_one_warning(
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once, and no second attempt
         torch.testing.assert_close(d3(2 * x), want(2 * x), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("weights", ["identity", "indefinite"])
+def test_collapsed_operators_compile_on_the_whole_batch_and_agree(weights: str) -> None:
+    """The weighted Laplacian tr(C Hess u) with C = I (the plain collapsed jet) and with an
+    indefinite C (directions from its eigenvectors, the form +1/-1 counts): compiled once on the
+    whole vmap batch, equal to eager Taylor mode in float64."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1)).double()
+    c = None if weights == "identity" else torch.diag(torch.tensor([1.0, -2.0, 0.5], dtype=F64))
+    z = torch.randn(32, 3, dtype=F64)
+
+    def op(method: Method) -> Callable[[Tensor], Tensor]:
+        return hodfunc.laplacian(functools.partial(u_of, net), weights=c, method=method)
+
+    before = _compiled.COMPILES[0]
+    got = torch.func.vmap(op("compiled"))(z)
+    assert _compiled.COMPILES[0] == before + 1
+    torch.testing.assert_close(got, torch.func.vmap(op("taylor"))(z), rtol=1e-12, atol=1e-14)
