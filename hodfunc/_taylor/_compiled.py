@@ -20,8 +20,9 @@ A compiled graph is called on plain tensors only. Where the propagation runs und
 itself being traced (inside ``torch.compile``, where the surrounding graph is compiled as a whole),
 the same program runs eagerly; the answer is the same either way. So it does where the trace
 itself is not cached (a ``CacheWarning``: compiling a fresh trace on every call would cost
-seconds each), and where torch.compile fails on a program (``CompileFailed``: the engine warns
-once with a ``FallbackWarning`` and the entry is not compiled again).
+seconds each), where torch.compile fails on a program (``CompileFailed``: the engine warns once
+with a ``FallbackWarning`` and the entry is not compiled again), and for a new input shape of a
+function that has ``GRAPHS_PER_FUNCTION`` graphs already.
 """
 
 from __future__ import annotations
@@ -51,13 +52,25 @@ COMPILES = [0]
 _SECONDS: list[float] = []
 
 
-class CompileFailed(Exception):  # noqa: N818  (a signal between two modules, never raised to users)
-    """torch.compile failed on an emitted program (an inductor error); ``reason`` is its first
-    line. The entry stays marked, so later calls run the program eagerly without retrying."""
+GRAPHS_PER_FUNCTION = 16
+"""Graphs compiled for one function (its code object) at most. Every new input shape compiles
+anew (a new batch size under ``vmap`` too), seconds each; past this, new shapes run eagerly
+(as Dynamo stops recompiling after its cache size limit)."""
+_GRAPHS: dict[object, int] = {}
 
-    def __init__(self, reason: str) -> None:
+
+class CompileFailed(Exception):  # noqa: N818  (a signal between two modules, never raised to users)
+    """A propagation is not compiled: torch.compile failed on it (``reason``: the error's first
+    line; the entry stays marked, never retried) or its function has ``GRAPHS_PER_FUNCTION``
+    graphs already. ``fix`` says what to do."""
+
+    def __init__(self, reason: str, fix: str) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.fix = fix
+
+
+_INDUCTOR_FIX = 'Pass method="taylor" to silence this; the error is worth reporting to PyTorch.'
 
 
 @dataclass(frozen=True)
@@ -118,9 +131,11 @@ def propagate(
     ctx: Context,
     *,
     first_orders: bool = True,
+    family: object = None,
 ) -> Jet | Tensor:
     """``run(program, inputs, seed, ctx)`` by its compiled graph (``compiles`` must hold): the
-    output's jet, or its value where it does not depend on the input."""
+    output's jet, or its value where it does not depend on the input. ``family``: what counts
+    toward ``GRAPHS_PER_FUNCTION`` (the user function's code object)."""
     parts = seed.split or (seed.c,)
     key = (
         _algebra_key(ctx.algebra),
@@ -135,6 +150,13 @@ def propagate(
     entry = entries.get(key)
     if isinstance(entry, CompileFailed):
         raise entry
+    if entry is None and _GRAPHS.get(family, 0) >= GRAPHS_PER_FUNCTION:
+        raise CompileFailed(
+            f"{GRAPHS_PER_FUNCTION} graphs compiled for this function already, one per input "
+            "shape, and this call has a new one",
+            "Keep input shapes fixed (the same batch size on every call: drop_last=True), or "
+            'pass method="taylor".',
+        )
     if entry is None:
         start = time.perf_counter()
         try:
@@ -144,10 +166,11 @@ def propagate(
         except Exception as error:
             if isinstance(error, HodfuncError):
                 raise
-            failed = CompileFailed(f"{type(error).__name__}: {_first_line(error)}")
+            failed = CompileFailed(f"{type(error).__name__}: {_first_line(error)}", _INDUCTOR_FIX)
             entries[key] = failed
             raise failed from error
         entries[key] = entry
+        _GRAPHS[family] = _GRAPHS.get(family, 0) + 1
         COMPILES[0] += 1
         _SECONDS.append(time.perf_counter() - start)
     else:
@@ -209,3 +232,4 @@ def compile_seconds() -> tuple[float, ...]:
 def clear() -> None:
     """Forget every compiled propagation (``hodfunc.clear_cache``)."""
     _ENTRIES.clear()
+    _GRAPHS.clear()

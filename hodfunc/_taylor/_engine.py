@@ -16,6 +16,7 @@ Engines are built once per transform, so the warn-once flags are per transform; 
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import warnings
@@ -275,9 +276,16 @@ class TaylorEngine(Opaque):
         )
 
     def _run(
-        self, bound: Bound, seed: Jet | Tensor, ctx: Context, *, first_orders: bool = True
+        self,
+        call: Call,
+        bound: Bound,
+        seed: Jet | Tensor,
+        ctx: Context,
+        *,
+        first_orders: bool = True,
     ) -> object:
-        """One propagation of ``bound``'s program with the free argument's slot holding ``seed``."""
+        """One propagation of ``bound``'s program (``call``'s function) with the free argument's
+        slot holding ``seed``."""
         return run(bound.program, bound.inputs, seed, ctx, first_orders=first_orders)
 
     def _bind(self, call: Call) -> Bound:
@@ -335,7 +343,7 @@ class TaylorEngine(Opaque):
                 return whole
         bound = self._bind(call) if bound is None else bound
         free = _seed(call.x, tail, ctx) if ctx.algebra.size > 1 else call.x
-        out = self._run(bound, free, ctx, first_orders=first_orders)
+        out = self._run(call, bound, free, ctx, first_orders=first_orders)
         return _coefficients_of(call, out, ctx)
 
     def _propagate_whole_batch(
@@ -362,7 +370,7 @@ class TaylorEngine(Opaque):
         if _without_rule(bound):
             self._whole_batch_works = False
             return None
-        out = self._run(bound, _seed(points, tail, ctx), ctx, first_orders=first_orders)
+        out = self._run(call, bound, _seed(points, tail, ctx), ctx, first_orders=first_orders)
         coefficients = _coefficients_of(call, out, ctx)
         return rebatch(coefficients, dim=1, level=level)
 
@@ -486,7 +494,7 @@ class TaylorEngine(Opaque):
             coefficients = self._propagate(call, None, tail, ctx, first_orders=first)
         else:
             bound = self._bind(call)
-            out = self._run(bound, _seed(call.x, tail, ctx), ctx, first_orders=first)
+            out = self._run(call, bound, _seed(call.x, tail, ctx), ctx, first_orders=first)
             coefficients = _coefficients_of(call, out, ctx)
         self._warn(call.api, ctx, 2)
         value, second, rest = torch.split(coefficients, [1, 1, coefficients.shape[0] - 2])
@@ -511,20 +519,30 @@ class CompiledEngine(TaylorEngine):
         self._warned_compile = False
 
     def _run(
-        self, bound: Bound, seed: Jet | Tensor, ctx: Context, *, first_orders: bool = True
+        self,
+        call: Call,
+        bound: Bound,
+        seed: Jet | Tensor,
+        ctx: Context,
+        *,
+        first_orders: bool = True,
     ) -> object:
         # a program traced for this call alone (CacheWarning) would be compiled on every call
         eager = not bound.cached or not isinstance(seed, Jet)
         if eager or not _compiled.compiles(bound.inputs, seed, ctx.algebra):
-            return super()._run(bound, seed, ctx, first_orders=first_orders)
+            return super()._run(call, bound, seed, ctx, first_orders=first_orders)
         assert isinstance(seed, Jet)
+        fn = call.fn
+        while isinstance(fn, functools.partial):
+            fn = fn.func
+        family = getattr(fn, "__code__", type(fn))  # what counts toward the graphs per function
         try:
             return _compiled.propagate(
-                bound.program, bound.inputs, seed, ctx, first_orders=first_orders
+                bound.program, bound.inputs, seed, ctx, first_orders=first_orders, family=family
             )
         except _compiled.CompileFailed as failed:
             self._warn_compile(ctx.api, failed)
-            return super()._run(bound, seed, ctx, first_orders=first_orders)
+            return super()._run(call, bound, seed, ctx, first_orders=first_orders)
 
     def _warn_compile(self, api: str, failed: _compiled.CompileFailed) -> None:
         if self._warned_compile:
@@ -533,10 +551,10 @@ class CompiledEngine(TaylorEngine):
         warnings.warn(
             message(
                 api,
-                'method="compiled" runs a propagation torch.compile cannot compile as the same '
-                "program, eagerly (the same results, at eager speed)",
+                'method="compiled" runs a propagation it does not compile as the same program, '
+                "eagerly (the same results, at eager speed)",
                 failed.reason,
-                'Pass method="taylor" to silence this; the error is worth reporting to PyTorch.',
+                failed.fix,
             ),
             FallbackWarning,
             stacklevel=_range.user_stacklevel(),

@@ -10,6 +10,7 @@ marked ``compile_slow`` (``pytest -m compile_slow``).
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import functools
 import warnings
@@ -30,8 +31,10 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 @pytest.fixture(autouse=True)
-def _fresh_dynamo() -> None:
+def _fresh_dynamo(monkeypatch: pytest.MonkeyPatch) -> None:
     torch._dynamo.reset()
+    # graphs per function count afresh in each test (they share u_of)
+    monkeypatch.setattr(_compiled, "_GRAPHS", {})
 
 
 def mlp(dtype: torch.dtype, width: int = 16) -> Callable[[Tensor], Tensor]:
@@ -310,3 +313,18 @@ def test_collapsed_operators_compile_on_the_whole_batch_and_agree(weights: str) 
     got = torch.func.vmap(op("compiled"))(z)
     assert _compiled.COMPILES[0] == before + 1
     torch.testing.assert_close(got, torch.func.vmap(op("taylor"))(z), rtol=1e-12, atol=1e-14)
+
+
+def test_past_its_graph_limit_a_function_runs_new_shapes_eagerly_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_compiled, "GRAPHS_PER_FUNCTION", 1)
+    d2 = hodfunc.derivative(lambda x: torch.sin(1.3 * x), 2, method="compiled")
+    before = _compiled.COMPILES[0]
+    for n in (4, 4, 5):  # the second batch size is past the limit
+        xs = torch.linspace(0, 1, n, dtype=F64)
+        want = -(1.3**2) * torch.sin(1.3 * xs)
+        context = pytest.warns(hodfunc.FallbackWarning, match=r"one per input shape.*drop_last")
+        with context if n == 5 else contextlib.nullcontext():
+            torch.testing.assert_close(torch.func.vmap(d2)(xs), want, rtol=1e-12, atol=1e-15)
+    assert _compiled.COMPILES[0] == before + 1
