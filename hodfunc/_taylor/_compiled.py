@@ -64,10 +64,13 @@ class CompileFailed(Exception):  # noqa: N818  (a signal between two modules, ne
     line; the entry stays marked, never retried) or its function has ``GRAPHS_PER_FUNCTION``
     graphs already. ``fix`` says what to do."""
 
-    def __init__(self, reason: str, fix: str) -> None:
+    def __init__(self, reason: str, fix: str, forget: Callable[[], None] = lambda: None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.fix = fix
+        self.forget = forget
+        """Unmark the entry (the caller's eager run failed too: the error was not the
+        compiler's, and a later call may compile)."""
 
 
 _INDUCTOR_FIX = 'Pass method="taylor" to silence this; the error is worth reporting to PyTorch.'
@@ -116,9 +119,12 @@ def _signature(t: Tensor) -> tuple[object, ...]:
 
 
 def compiles(inputs: Sequence[Tensor], seed: Jet | Tensor, algebra: Algebra) -> bool:
-    """Whether this propagation runs compiled: plain tensors only, outside any trace, and an
-    algebra without tensors of its own."""
+    """Whether this propagation runs compiled: plain tensors only (no torch.func wrappers, no
+    open forward-mode AD level, whose dual tensors a compiled graph would drop), outside any
+    trace, and an algebra without tensors of its own."""
     if tracing() or _algebra_key(algebra) is None or not isinstance(seed, Jet):
+        return False
+    if torch.autograd.forward_ad._current_level >= 0:  # torch keeps no public flag for it
         return False
     parts = seed.split or (seed.c,)
     return not any(transformed(t) for t in (*inputs, *parts))
@@ -153,7 +159,7 @@ def propagate(
     if entry is None and _GRAPHS.get(family, 0) >= GRAPHS_PER_FUNCTION:
         raise CompileFailed(
             f"{GRAPHS_PER_FUNCTION} graphs compiled for this function already, one per input "
-            "shape, and this call has a new one",
+            "signature (input shapes, dtypes, devices), and this call has a new one",
             "Keep input shapes fixed (the same batch size on every call: drop_last=True), or "
             'pass method="taylor".',
         )
@@ -166,7 +172,13 @@ def propagate(
         except Exception as error:
             if isinstance(error, HodfuncError):
                 raise
-            failed = CompileFailed(f"{type(error).__name__}: {_first_line(error)}", _INDUCTOR_FIX)
+
+            def forget() -> None:
+                entries.pop(key, None)
+
+            failed = CompileFailed(
+                f"{type(error).__name__}: {_first_line(error)}", _INDUCTOR_FIX, forget
+            )
             entries[key] = failed
             raise failed from error
         entries[key] = entry

@@ -541,8 +541,13 @@ class CompiledEngine(TaylorEngine):
                 bound.program, bound.inputs, seed, ctx, first_orders=first_orders, family=family
             )
         except _compiled.CompileFailed as failed:
+            try:
+                out = super()._run(call, bound, seed, ctx, first_orders=first_orders)
+            except BaseException:
+                failed.forget()  # eager fails too: the call's error, not the compiler's
+                raise
             self._warn_compile(ctx.api, failed)
-            return super()._run(call, bound, seed, ctx, first_orders=first_orders)
+            return out
 
     def _warn_compile(self, api: str, failed: _compiled.CompileFailed) -> None:
         if self._warned_compile:

@@ -164,6 +164,8 @@ def derivatives(api: str, coefficients: Tensor, rerun: Rerun, *, read: int = 1) 
     """
     result = to_derivatives(coefficients)
     if not _inspectable(coefficients):
+        if torch.compiler.is_compiling() and coefficients.shape[0] > 1 and coefficients.numel():
+            _assert_in_range(api, coefficients, result, read)
         return result
     w = _half_range(coefficients.dtype)
     with outside_functorch():
@@ -182,6 +184,30 @@ def derivatives(api: str, coefficients: Tensor, rerun: Rerun, *, read: int = 1) 
         _warn_range(api, result, coefficients, value_finite, read)
         return result
     return _Ladder(api, coefficients, result, rerun, w, read).run()
+
+
+def _assert_in_range(api: str, coefficients: Tensor, result: Tensor, read: int) -> None:
+    """Inside ``torch.compile`` (a ``method="compiled"`` transform in the user's graph) no value
+    can be looked at and no rerun made, so the hot path's screen becomes an assertion in the
+    graph: where a coefficient nears under- or overflow, the step raises instead of returning
+    zeros or infinities."""
+    with outside_functorch():
+        rest = physical(coefficients)[1:]
+        band = math.ldexp(1.0, -_half_range(coefficients.dtype))
+        small = torch.div(band, rest).abs().nan_to_num(posinf=0.0).amax()
+        inside = (small + physical(result).sum() * 0) <= 1
+        torch._assert_async(
+            inside,
+            message(
+                api,
+                "inside torch.compile the Taylor coefficients cannot be rescaled where they under- "
+                "or overflow the dtype, and at this call some do (the derivatives from order "
+                f"{read} on could come back as 0 or inf)",
+                f"order {coefficients.shape[0] - 1} in {str(coefficients.dtype).split('.')[-1]}",
+                "Compute in float64, or call this transform outside torch.compile, where it "
+                "rescales the series.",
+            ),
+        )
 
 
 def _any(mask: Tensor) -> bool:

@@ -324,7 +324,46 @@ def test_past_its_graph_limit_a_function_runs_new_shapes_eagerly_with_one_warnin
     for n in (4, 4, 5):  # the second batch size is past the limit
         xs = torch.linspace(0, 1, n, dtype=F64)
         want = -(1.3**2) * torch.sin(1.3 * xs)
-        context = pytest.warns(hodfunc.FallbackWarning, match=r"one per input shape.*drop_last")
+        context = pytest.warns(hodfunc.FallbackWarning, match=r"one per input signature.*drop_last")
         with context if n == 5 else contextlib.nullcontext():
             torch.testing.assert_close(torch.func.vmap(d2)(xs), want, rtol=1e-12, atol=1e-15)
     assert _compiled.COMPILES[0] == before + 1
+
+
+def test_forward_mode_ad_through_a_compiled_transform_keeps_its_tangent() -> None:
+    """Dual tensors would be dropped by a compiled graph: under an open forward-AD level the
+    program runs eagerly (the tangent of d^3/dx^3 is the fourth derivative)."""
+    from torch.autograd import forward_ad
+
+    def f(x: Tensor) -> Tensor:
+        return torch.sin(1.7 * x) * x
+
+    d3 = hodfunc.derivative(f, 3, method="compiled")
+    x = torch.tensor(0.4, dtype=F64)
+    with forward_ad.dual_level():
+        dual = forward_ad.make_dual(x, torch.ones_like(x))  # type: ignore[no-untyped-call]
+        tangent = forward_ad.unpack_dual(d3(dual)).tangent  # type: ignore[no-untyped-call]
+    assert tangent is not None
+    torch.testing.assert_close(tangent, hodfunc.derivative(f, 4)(x), rtol=1e-12, atol=0)
+
+
+def test_inside_torch_compile_an_out_of_range_jet_raises_instead_of_returning_zero() -> None:
+    """There the series cannot be rescaled (no values to look at, no rerun): exp at order 40 in
+    float32 would underflow to 0, so the step raises with the fix; order 8 is fine."""
+    x = torch.tensor(0.5)
+    d8 = hodfunc.derivative(torch.exp, 8, method="compiled")
+    torch.testing.assert_close(torch.compile(lambda x: d8(x) * 1.0, fullgraph=True)(x), x.exp())
+    d40 = hodfunc.derivative(torch.exp, 40, method="compiled")
+    with pytest.raises(RuntimeError, match=r"cannot be rescaled.*Compute in float64"):
+        torch.compile(lambda x: d40(x) * 1.0, fullgraph=True)(x)
+
+
+def test_two_compiled_transforms_through_one_step_code_get_their_own_graphs() -> None:
+    """The same step code over two transforms of one kind (a loop, a notebook cell run twice):
+    each call keeps its own transform. (Marking every transform for Dynamo by itself reused the
+    graph of derivative(sin, 1) for derivative(sin, 2).)"""
+    x = torch.tensor(0.5, dtype=F64)
+    for order, want in ((1, torch.cos(x)), (2, -torch.sin(x)), (1, torch.cos(x))):
+        d = hodfunc.derivative(torch.sin, order, method="compiled")
+        step = torch.compile(lambda x, d=d: d(x) * 1.0, fullgraph=True)
+        torch.testing.assert_close(step(x), want, rtol=1e-12, atol=0)
