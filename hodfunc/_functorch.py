@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -66,14 +66,19 @@ def outside_functorch() -> Iterator[None]:
             functorch.push_dynamic_layer_stack(layer)
 
 
+dynamo_tracing: Callable[[], bool] = getattr(
+    torch.compiler, "is_dynamo_compiling", torch.compiler.is_compiling
+)
+"""Whether Dynamo is tracing the caller symbolically (not AOTAutograd running a
+``nonstrict_trace`` call for real; torch < 2.4 has only ``is_compiling``)."""
+
+
 def tracing() -> bool:
     """Whether a dispatch mode (``make_fx``, fake tensors) records the ops being run.
 
     Rules write into fresh tensors in place only when not traced: a trace of such a write (a
     Taylor transform inside another one's trace) would see a mutation through a view.
     """
-    if torch.compiler.is_compiling():  # Dynamo's trace: no value may be read
-        return True
     return bool(torch._C._len_torch_dispatch_stack())
 
 

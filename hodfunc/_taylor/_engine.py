@@ -43,6 +43,7 @@ from .._errors import (
 from .._functional import random_error, scalar_read_error
 from .._functorch import (
     batch_at,
+    dynamo_tracing,
     innermost_batch,
     outside_functorch,
     physical,
@@ -113,18 +114,13 @@ def _eager(method: Callable[..., R]) -> Callable[..., R]:
     return cast("Callable[..., R]", run)
 
 
-_DYNAMO_COMPILING = getattr(torch.compiler, "is_dynamo_compiling", torch.compiler.is_compiling)
-"""Whether Dynamo is tracing (not AOTAutograd running a ``nonstrict_trace`` call; torch < 2.4
-has only ``is_compiling``)."""
-
-
 def _not_compiling(api: str) -> None:
     """Refuse to be traced by Dynamo: Taylor mode traces and interprets the function itself
     (``make_fx``, functorch queries), which Dynamo cannot follow. Without ``fullgraph=True`` the
     raise is a graph break and the call runs eagerly at full speed; with it, the error names the
     way out. (``method="compiled"`` transforms are not traced by Dynamo at all: their calls enter
     the graph whole, ``_transforms._engines.entry``.)"""
-    if _DYNAMO_COMPILING():
+    if dynamo_tracing():
         raise CompileError(  # no custom __init__: Dynamo must be able to trace the raise
             message(
                 api,
@@ -528,10 +524,9 @@ class CompiledEngine(TaylorEngine):
         first_orders: bool = True,
     ) -> object:
         # a program traced for this call alone (CacheWarning) would be compiled on every call
-        eager = not bound.cached or not isinstance(seed, Jet)
-        if eager or not _compiled.compiles(bound.inputs, seed, ctx.algebra):
+        if not bound.cached or not _compiled.compiles(bound.inputs, seed, ctx.algebra):
             return super()._run(call, bound, seed, ctx, first_orders=first_orders)
-        assert isinstance(seed, Jet)
+        assert isinstance(seed, Jet)  # (compiles holds only for a jet)
         fn = call.fn
         while isinstance(fn, functools.partial):
             fn = fn.func

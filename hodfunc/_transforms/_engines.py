@@ -12,16 +12,14 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import ParamSpec, TypeVar, cast
 
-import torch
-
 from .._errors import ArgumentError, message
+from .._functorch import dynamo_tracing
 from .._nested import NestedEngine
 from .._taylor import AutoEngine, CompiledEngine
 from ._method import METHODS, Engine, Method, is_method
 
 P = ParamSpec("P")
 R = TypeVar("R")
-_dynamo_compiling = getattr(torch.compiler, "is_dynamo_compiling", torch.compiler.is_compiling)
 
 ENGINES: Mapping[Method, Callable[[], Engine]] = {
     "auto": AutoEngine,
@@ -88,7 +86,7 @@ def entry(method: Method, transformed: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(transformed)
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        if _dynamo_compiling():
+        if dynamo_tracing():
             return cast("R", enter(handle, *args, **kwargs))
         return transformed(*args, **kwargs)
 
